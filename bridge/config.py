@@ -1,0 +1,234 @@
+"""Configuration: one TOML file as a frozen msgspec Struct tree (DESIGN.md § Configuration).
+
+``${VAR}`` is expanded from the environment before parsing; ``AMQP_URL`` and ``OSCC_URL``
+override ``broker.url`` and ``oscc.url``. Every failure is a ConfigError naming the key.
+Secrets (connector tokens, passwords in URLs) are masked in every repr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from bridge.errors import ConfigError
+
+DEFAULT_PATH = Path("config/bridge.toml")
+
+ConnectorName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}$")]
+Credential = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+def mask_url(url: str) -> str:
+    """``amqp://user:secret@host/`` -> ``amqp://user:***@host/``."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class BrokerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    exchange: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "oscc"
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    prefetch: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 64
+    confirm_timeout: Seconds = 5.0  # after this, a webhook payload goes to the spool
+
+    def __repr__(self) -> str:
+        return (
+            f"BrokerConfig(url={mask_url(self.url)!r}, exchange={self.exchange!r}, "
+            f"queue_type={self.queue_type!r}, prefetch={self.prefetch!r}, "
+            f"confirm_timeout={self.confirm_timeout!r})"
+        )
+
+
+class HttpConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "0.0.0.0"
+    port: Port = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
+    # /metrics, /status, /healthz, /readyz on a separate listener when set (0 = same one)
+    admin_host: str = ""
+    admin_port: Port = 0
+    read_timeout: Seconds = 10.0  # header and body read timeout for webhook requests
+
+
+class OsccConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = "https://oscc.example.com"
+    verify_tls: bool = True
+    ca_file: str = ""
+    keepalive_interval: Seconds = 30.0
+    request_timeout: Seconds = 10.0
+    listen_for_events_path: str = "/openmedia/webapi/main/listenForEvents"
+
+
+class SpoolConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    dir: str = "var/spool"
+    max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_073_741_824
+
+
+class LogConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ConnectorConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: ConnectorName
+    title: Credential
+    token: Credential
+    webhook_secret: str = ""
+    listen_for_events: bool = True
+    publish_credentials: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"ConnectorConfig(name={self.name!r}, title={self.title!r}, token='***', "
+            f"webhook_secret={'***' if self.webhook_secret else ''!r}, "
+            f"listen_for_events={self.listen_for_events!r}, "
+            f"publish_credentials={self.publish_credentials!r})"
+        )
+
+
+class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole configuration."""
+
+    broker: BrokerConfig = BrokerConfig()
+    http: HttpConfig = HttpConfig()
+    oscc: OsccConfig = OsccConfig()
+    spool: SpoolConfig = SpoolConfig()
+    log: LogConfig = LogConfig()
+    connectors: Annotated[list[ConnectorConfig], msgspec.Meta(min_length=1)]
+
+    def connector(self, name: str) -> ConnectorConfig:
+        """The connector called `name`; KeyError when there is none."""
+        for c in self.connectors:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# TOML tokens that matter to expansion, in the order they must be tried: comments are left
+# alone (a commented-out "${OLD}" must not require OLD), values inserted into basic strings
+# are escaped (a '"' or '\' in a password must not end or alter the string).
+_TOKEN = re.compile(
+    r'(?P<mlbasic>"""[\s\S]*?"""(?!"))|(?P<mlliteral>\'\'\'[\s\S]*?\'\'\'(?!\'))'
+    r'|(?P<basic>"(?:[^"\\\n]|\\.)*")|(?P<literal>\'[^\'\n]*\')|(?P<comment>#[^\n]*)'
+    r"|(?P<var>" + _VAR.pattern + ")"
+)
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is an error.
+
+    Comments are not expanded; inside a basic ("...") string the value is escaped.
+    """
+
+    def value(m: re.Match[str], offset: int, escape: bool) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            found = env[name]
+        elif default is not None:
+            found = default
+        else:
+            line = text.count("\n", 0, offset + m.start()) + 1
+            raise ConfigError(f"line {line}: environment variable {name} is not set", key=name)
+        # JSON string escapes are a subset of TOML's basic-string escapes.
+        return json.dumps(found, ensure_ascii=False)[1:-1] if escape else found
+
+    def token(t: re.Match[str]) -> str:
+        if t.group("comment") is not None:
+            return t.group()
+        if t.group("var") is not None:
+            m = _VAR.match(t.group())
+            assert m is not None  # the token is exactly one _VAR match
+            return value(m, t.start(), escape=False)
+        escape = t.group("basic") is not None or t.group("mlbasic") is not None
+        return _VAR.sub(lambda m: value(m, t.start(), escape), t.group())
+
+    return _TOKEN.sub(token, text)
+
+
+_KEY_PATH = re.compile(r"at `\$((?:\.[A-Za-z_0-9]+|\[\d+\])*)`")
+
+
+def _key_of(message: str) -> str | None:
+    m = _KEY_PATH.search(message)
+    # msgspec names no path for the top level: "unknown field `x`" alone
+    key = m.group(1).lstrip(".") if m else ""
+    missing = re.search(r"missing required field `(\w+)`", message)
+    if missing:
+        key = f"{key}.{missing.group(1)}" if key else missing.group(1)
+    unknown = re.search(r"unknown field `(\w+)`", message)
+    if unknown:
+        key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
+    return key or None
+
+
+def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
+    """Parse TOML text into a Config; ConfigError names the bad key."""
+    env = os.environ if env is None else env
+    try:
+        raw = msgspec.toml.decode(expand(text, env).encode())
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError("the configuration must be a TOML table")
+    for var, section in (("AMQP_URL", "broker"), ("OSCC_URL", "oscc")):
+        if env.get(var):
+            raw.setdefault(section, {})["url"] = env[var]
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        key = _key_of(str(exc))
+        where = f"{key}: " if key else ""
+        raise ConfigError(f"{where}{exc}", key=key) from exc
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    names = [c.name for c in config.connectors]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(
+                f"connectors[{i}].name: {name!r} appears twice", key=f"connectors[{i}].name"
+            )
+    for key, url, schemes in (
+        ("broker.url", config.broker.url, ("amqp://", "amqps://")),
+        ("oscc.url", config.oscc.url, ("http://", "https://")),
+        ("http.public_url", config.http.public_url, ("http://", "https://")),
+    ):
+        if not url.startswith(schemes):
+            raise ConfigError(
+                f"{key}: {mask_url(url)!r} must start with {' or '.join(schemes)}", key=key
+            )
+    if config.oscc.ca_file and not Path(config.oscc.ca_file).is_file():
+        raise ConfigError(
+            f"oscc.ca_file: {config.oscc.ca_file!r} is not a file", key="oscc.ca_file"
+        )
+
+
+def load(
+    path: str | os.PathLike[str] = DEFAULT_PATH, env: Mapping[str, str] | None = None
+) -> Config:
+    """Read and parse the file at `path`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    return parse(text, env)
+
+
+def webhook_url(config: Config, connector: ConnectorConfig) -> str:
+    """The webhookURL registered for `connector` (DESIGN.md § Webhook HTTP interface)."""
+    url = f"{config.http.public_url.rstrip('/')}/webhook/{connector.name}"
+    return f"{url}/{connector.webhook_secret}" if connector.webhook_secret else url

@@ -1,0 +1,510 @@
+"""The consumer: new contacts and stream responses from RabbitMQ to OSCC, in order, once.
+
+For each message of ``<p>.<c>.contact.new`` and ``<p>.<c>.stream.response``::
+
+    decode + check limits ──bad──────────────► dead-letter, rejected outcome, ack
+      │ key already accepted ────────────────► accepted outcome ("duplicate"), ack
+      ▼
+    gate ─► token ─► POST ──0─────────────────► remember key (fsync), accepted outcome, ack
+                      ├─ 11/12/13 ────────────► dead-letter, rejected outcome, ack
+                      ├─ 6/10/401/403 ────────► session_lost(token), new token, same message
+                      └─ 1/7/5xx/timeout ─────► close the gate; one message probes with
+                                                capped backoff + jitter, the rest wait
+
+Ordering: messages with the same key (a contact's ``source.id``, a stream response's
+``id``) go through one *lane*, a FIFO worked by one task; different keys run in parallel,
+bounded by the channel's prefetch. Nothing is nacked with requeue: on a quorum queue that
+puts the message at the tail, behind its successors. Unfinished messages are instead left
+unacked and returned by closing the channel, which puts them back at the head, in order
+(classic and quorum queues alike; tests/test_consumer.py checks both).
+
+The message's key (AMQP ``message_id``, else ``publishedObject.id``) is fsync'd to the
+DedupeStore after OSCC answered 0 and before the ack, so a redelivery after a crash is
+acked without a second newContact. What remains: a crash after OSCC created the contact
+and before the key reached the store (the request's round trip plus microseconds) sends
+it again on redelivery; OSCC offers no idempotency key to close that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    ExchangeType,
+)
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+
+from bridge import errors
+from bridge.config import Config, ConnectorConfig
+from bridge.dedupe import DedupeStore
+from bridge.lifecycle import Service
+from bridge.logs import get_logger
+from bridge.metrics import Metrics
+from bridge.oscc import codec, codes, models
+from bridge.oscc.client import OsccClient
+from bridge.outcomes import (
+    CONTACT,
+    STREAM_RESPONSE,
+    dead_letter,
+    ids_of,
+    key_of,
+    outcome,
+    rejection,
+)
+from bridge.publisher import Publisher
+from bridge.session import SessionSupervisor
+from bridge.topology import Topology
+
+
+class _Abandoned(Exception):
+    """The message's channel is gone (it will be redelivered) or the consumer is stopping."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    name: str  # metrics label, and the first part of dedupe keys
+    queue: str
+    routing_key: str  # dead-letter routing key when the original one is not ours
+
+
+@dataclass(slots=True)
+class _Work:
+    kind: _Kind
+    message: AbstractIncomingMessage
+    parsed: codec.Parsed[Any] | None
+    error: errors.Rejected | None
+    order_key: str | None
+    dedupe_key: str | None
+    ids: dict[str, str | None]  # publishedObjectId/sourceId or id, for outcome bodies
+    base_log: Any
+    _log: Any = None
+
+    @property
+    def log(self) -> Any:
+        """The logger with this message's context, bound on first use (rarely needed)."""
+        if self._log is None:
+            m = self.message
+            context = {"kind": self.kind.name, "routing_key": m.routing_key}
+            context["message_id"] = m.message_id
+            if self.ids.get("sourceId"):
+                context["source_id"] = self.ids["sourceId"]
+            self._log = self.base_log.bind(**context)
+        return self._log
+
+
+@dataclass(eq=False, slots=True)
+class _Lane:
+    works: deque[_Work] = field(default_factory=deque)
+    busy: bool = False  # between "about to call OSCC" and the ack: not cancelled early
+    task: asyncio.Task[None] | None = None
+
+
+class _Gate:
+    """Open while OSCC answers. The first message to see a transient failure becomes the
+    prober and retries with backoff; every other message waits here until it succeeds,
+    so an outage costs one request per backoff step, not one per message."""
+
+    def __init__(self) -> None:
+        self._open = asyncio.Event()
+        self._open.set()
+        self._prober: object | None = None
+
+    async def wait(self, who: object) -> None:
+        while self._prober is not None and self._prober is not who:
+            await self._open.wait()
+
+    def failed(self, who: object) -> bool:
+        """Report a transient failure; True when `who` is (now) the prober."""
+        if self._prober is None:
+            self._prober = who
+            self._open.clear()
+        return self._prober is who
+
+    def release(self, who: object) -> None:
+        """OSCC answered `who` (or `who` gave up): let everyone through again."""
+        if self._prober is who:
+            self._prober = None
+            self._open.set()
+
+
+class Consumer(Service):
+    """Forwards one connector's contact and stream-response queues to OSCC.
+
+    ``async with Consumer(config, connector, topology, publisher, supervisor, client,
+    metrics, dedupe):`` opens one channel per queue on ``publisher.connection`` (prefetch
+    ``broker.prefetch``, manual ack) and starts consuming; exit drains (see `stop`).
+    `dedupe` None: the consumer opens and closes ``<spool.dir>/dedupe/<c>`` itself.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        connector: ConnectorConfig,
+        topology: Topology,
+        publisher: Publisher,
+        supervisor: SessionSupervisor,
+        client: OsccClient,
+        metrics: Metrics,
+        dedupe: DedupeStore | None = None,
+        *,
+        drain_timeout: float = 10.0,
+        retry_base: float = 0.1,
+        retry_cap: float = 10.0,
+        token_timeout: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.connector = connector
+        self.topology = topology
+        self.drain_timeout = drain_timeout
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.token_timeout = token_timeout
+        self._publisher = publisher
+        self._supervisor = supervisor
+        self._client = client
+        self._metrics = metrics
+        self._owns_dedupe = dedupe is None
+        self._dedupe = (
+            dedupe
+            if dedupe is not None
+            else DedupeStore.for_connector(config.spool.dir, connector.name)
+        )
+        self._rng = rng or random.Random()
+        c = connector.name
+        self._kinds = (
+            _Kind(CONTACT, topology.contact_queue(c), topology.contact_new_key(c)),
+            _Kind(
+                STREAM_RESPONSE, topology.stream_response_queue(c), topology.stream_response_key(c)
+            ),
+        )
+        self._senders: dict[str, Callable[[str, bytes], Awaitable[models.Answer]]] = {
+            CONTACT: client.new_contact,
+            STREAM_RESPONSE: client.stream_response,
+        }
+        self._accepted = {
+            k.name: metrics.forwards.labels(c, k.name, "accepted") for k in self._kinds
+        }
+        self._queue_wait = {k.name: metrics.queue_wait.labels(c, k.name) for k in self._kinds}
+        self._gate = _Gate()
+        self._lanes: dict[object, _Lane] = {}
+        self._channels: list[AbstractChannel] = []
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._dead: AbstractExchange | None = None
+        self._stopping = asyncio.Event()
+        self._log = get_logger("bridge.consumer", connector=c)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the channels and start consuming both queues."""
+        if self._owns_dedupe:
+            self._dedupe.open()
+        connection = self._publisher.connection
+        try:
+            dead_channel = await connection.channel(publisher_confirms=True)
+            self._channels.append(dead_channel)
+            self._dead = await dead_channel.declare_exchange(
+                self.topology.dead_exchange, ExchangeType.TOPIC, durable=True
+            )
+            for kind in self._kinds:
+                channel = await connection.channel()
+                self._channels.append(channel)
+                await channel.set_qos(prefetch_count=self.config.broker.prefetch)
+                # Declared (not just looked up), so a reconnect re-declares it instead of
+                # racing the publisher's topology declaration.
+                queue = await channel.declare_queue(
+                    kind.queue, durable=True, arguments=self.topology.queue_arguments()
+                )
+                tag = await queue.consume(self._callback(kind))
+                self._consumers.append((queue, tag))
+        except BaseException:
+            await self._close_channels()
+            raise
+        self._log.info("consumer.started", prefetch=self.config.broker.prefetch)
+
+    async def stop(self) -> None:
+        """Drain: stop consuming, let messages already at OSCC finish (up to
+        `drain_timeout`), give up the rest, close the channels (the broker requeues every
+        unacked message at the head of its queue, in order)."""
+        self._stopping.set()
+        for queue, tag in self._consumers:
+            with contextlib.suppress(AMQPError, ChannelInvalidStateError, RuntimeError):
+                await queue.cancel(tag)
+        self._consumers.clear()
+        # Lanes waiting (gate, backoff, token) have sent nothing for their message: stop
+        # them now. Busy ones get the drain timeout to hear OSCC's answer and ack.
+        for lane in list(self._lanes.values()):
+            if not lane.busy and lane.task is not None:
+                lane.task.cancel()
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.drain_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                self._log.warning("consumer.drain_timeout", unfinished=len(pending))
+        await self._close_channels()
+        if self._owns_dedupe:
+            await self._dedupe.aclose()
+        self._log.info("consumer.stopped")
+
+    async def _close_channels(self) -> None:
+        channels, self._channels = self._channels, []
+        for channel in reversed(channels):
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    # -- delivery: decode and put in a lane --------------------------------------------
+
+    def _callback(self, kind: _Kind) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            # No await before the lane append: aio-pika starts these callbacks in
+            # delivery order, so lanes receive messages in queue order.
+            self._accept(kind, message)
+
+        return on_message
+
+    def _accept(self, kind: _Kind, message: AbstractIncomingMessage) -> None:
+        if self._stopping.is_set():
+            return  # left unacked: returned in order when the channel closes
+        work = self._decode(kind, message)
+        if message.timestamp is not None:
+            sent = message.timestamp
+            sent = sent if sent.tzinfo else sent.replace(tzinfo=dt.UTC)
+            wait = (dt.datetime.now(dt.UTC) - sent).total_seconds()
+            self._queue_wait[kind.name].observe(max(0.0, wait))
+        key: object = (kind.name, work.order_key) if work.order_key is not None else object()
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.works.append(work)
+            return
+        lane = self._lanes[key] = _Lane(deque([work]))
+        lane.task = asyncio.create_task(self._run_lane(key, lane), name=f"lane:{kind.name}")
+
+    def _decode(self, kind: _Kind, message: AbstractIncomingMessage) -> _Work:
+        parsed: codec.Parsed[Any] | None = None
+        error: errors.Rejected | None = None
+        try:
+            if kind.name == CONTACT:
+                parsed = codec.decode_new_contact(message.body)
+            else:
+                parsed = codec.decode_stream_response(message.body)
+        except errors.Rejected as exc:
+            error = exc
+        except Exception as exc:
+            # RecursionError (deep nesting), UnicodeDecodeError (lone surrogates), or a
+            # decoder bug: the message is still wrong in itself, and must not sit in a
+            # prefetch slot for ever (docs/SECURITY.md B3).
+            error = errors.Rejected(
+                f"not decodable: {type(exc).__name__}: {str(exc)[:200]}",
+                code=codes.ErrorCode.WRONG_API_REQUEST,
+            )
+        ids = ids_of(kind.name, parsed.body if parsed else message.body)
+        order_key = None
+        if parsed is not None:
+            order_key = ids.get("sourceId") if kind.name == CONTACT else ids.get("id")
+        dedupe_key = key_of(kind.name, message.message_id, ids.get("publishedObjectId"))
+        return _Work(kind, message, parsed, error, order_key, dedupe_key, ids, self._log)
+
+    async def _run_lane(self, key: object, lane: _Lane) -> None:
+        try:
+            while lane.works and not self._stopping.is_set():
+                work = lane.works[0]
+                try:
+                    await self._process(work, lane)
+                except _Abandoned as exc:
+                    work.log.info("consumer.abandoned", why=str(exc))
+                except Exception:
+                    # Unexpected: leave it unacked (redelivered on reconnect or restart)
+                    # rather than lose it, and keep the lane moving.
+                    work.log.exception("consumer.failed")
+                finally:
+                    lane.busy = False
+                lane.works.popleft()
+        finally:
+            if self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    # -- one message -----------------------------------------------------------------
+
+    async def _process(self, work: _Work, lane: _Lane) -> None:
+        c, kind = self.connector.name, work.kind.name
+        if work.error is not None:
+            lane.busy = True
+            await self._reject(work, work.error, by_oscc=False)
+            return
+        if work.dedupe_key is not None and work.dedupe_key in self._dedupe:
+            lane.busy = True
+            self._metrics.forwards.labels(c, kind, "duplicate").inc()
+            work.log.info("consumer.duplicate", dedupe_key=work.dedupe_key)
+            await self._outcome(work, codes.ErrorCode.NO_ERROR, "duplicate")
+            await self._ack(work)
+            return
+        try:
+            answer = await self._send(work, lane)
+        except errors.Rejected as exc:
+            await self._reject(work, exc, by_oscc=True)
+            return
+        self._accepted[kind].inc()
+        # Both before the ack; side by side, as each waits on its own fsync (the key's
+        # here, the outcome's in the broker) and neither needs the other.
+        await asyncio.gather(self._remember(work), self._outcome(work, answer.error_code))
+        await self._ack(work)
+
+    async def _remember(self, work: _Work) -> None:
+        if work.dedupe_key is None:
+            return
+        try:
+            await self._dedupe.add(work.dedupe_key)
+        except OSError as exc:
+            # Acking anyway loses nothing: the key only guards a redelivery, and holding
+            # the message unacked would make one (a second newContact) more likely.
+            work.log.error("consumer.dedupe_failed", error=str(exc))
+
+    async def _send(self, work: _Work, lane: _Lane) -> models.Answer:
+        """POST until OSCC answers 0 (returned) or 11/12/13 (Rejected raised)."""
+        assert work.parsed is not None
+        body = codec.encode(work.parsed.body)
+        send = self._senders[work.kind.name]
+        retried = self._metrics.forwards.labels(self.connector.name, work.kind.name, "retried")
+        attempt = 0
+        try:
+            while True:
+                self._check(work)
+                await self._gate.wait(work)
+                token: str | None = None
+                try:
+                    # Transient when no session came in time: handled like OSCC being down.
+                    token = await self._supervisor.token(timeout=self.token_timeout)
+                    self._check(work)
+                    lane.busy = True
+                    answer = await send(token, body)
+                except errors.SessionLost as exc:
+                    lane.busy = False
+                    retried.inc()
+                    work.log.info("consumer.session_lost", error=exc.text)
+                    self._gate.release(work)
+                    if token is not None:
+                        await self._supervisor.session_lost(token)
+                    continue
+                except (errors.Transient, errors.StaleSession, errors.ConnectorRefused) as exc:
+                    lane.busy = False
+                    retried.inc()
+                    if self._gate.failed(work):
+                        attempt += 1
+                        delay = self._backoff(attempt)
+                        work.log.warning(
+                            "consumer.oscc_unavailable", error=exc.text, retry_in=delay
+                        )
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stopping.wait(), delay)
+                    continue
+                self._gate.release(work)
+                return answer
+        finally:
+            self._gate.release(work)
+
+    def _check(self, work: _Work, *, stopping: bool = True) -> None:
+        """Raise _Abandoned when the message's channel is gone (or, before a send, when
+        the consumer is stopping)."""
+        if stopping and self._stopping.is_set():
+            raise _Abandoned("stopping")
+        try:
+            work.message.channel  # noqa: B018 (raises once the channel is closed)
+        except ChannelInvalidStateError:
+            raise _Abandoned("channel closed; the broker redelivers the message") from None
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling: float = min(self.retry_cap, self.retry_base * 2.0 ** min(attempt, 30))
+        return ceiling / 2 + self._rng.uniform(0.0, ceiling / 2)
+
+    async def _ack(self, work: _Work) -> None:
+        try:
+            await work.message.ack()
+        except (AMQPError, ChannelInvalidStateError, RuntimeError) as exc:
+            # The broker redelivers it; the dedupe store turns that into a duplicate.
+            work.log.warning("consumer.ack_failed", error=repr(exc))
+
+    # -- what became of it: dead letters and outcomes ---------------------------------
+
+    async def _reject(self, work: _Work, exc: errors.Rejected, *, by_oscc: bool) -> None:
+        """Dead-letter (confirmed), count, publish the rejected outcome, ack; never retry."""
+        assert self._dead is not None
+        dead, c = self._dead, self.connector.name
+        code, text, reason = rejection(exc, by_oscc=by_oscc)
+        copy, key = dead_letter(work.message, c, work.kind.routing_key, code, reason)
+        timeout = self.config.broker.confirm_timeout
+        await self._retrying(work, lambda: dead.publish(copy, key, timeout=timeout))
+        self._metrics.dead_letters.labels(c, text).inc()
+        self._metrics.forwards.labels(c, work.kind.name, "rejected").inc()
+        work.log.warning("consumer.dead_lettered", error_code=code, reason=reason)
+        await self._outcome(work, code, reason)
+        await self._ack(work)
+
+    async def _outcome(self, work: _Work, code: int, reason: str | None = None) -> None:
+        """Publish the outcome to ``<c>.contact.accepted|rejected`` (contacts) and to the
+        message's reply_to (both kinds); before the ack, so it is at least once."""
+        c, out = self.connector.name, outcome(work.message, work.ids, code, reason)
+        publish = self._publisher.publish
+        if work.kind.name == CONTACT:
+            key = self.topology.contact_outcome_key(c, out.accepted)
+            await self._retrying(
+                work,
+                lambda: publish(
+                    key,
+                    out.body,
+                    connector=c,
+                    headers=out.headers,
+                    correlation_id=out.correlation_id,
+                ),
+            )
+        reply_to = work.message.reply_to
+        if reply_to:
+            try:
+                await self._retrying(
+                    work,
+                    lambda: publish(
+                        reply_to,
+                        out.body,
+                        connector=c,
+                        headers=out.headers,
+                        correlation_id=out.correlation_id,
+                        exchange="",
+                    ),
+                )
+            except _Abandoned:
+                raise
+            except Exception as exc:
+                # A broken reply_to must not hold the queue; the topic outcome stands.
+                work.log.warning("consumer.reply_to_failed", reply_to=reply_to, error=repr(exc))
+
+    async def _retrying(self, work: _Work, publish: Callable[[], Awaitable[Any]]) -> None:
+        """Run a broker publish until it is confirmed; give up (unacked, so the broker
+        redelivers) when the message's channel is gone."""
+        attempt = 0
+        while True:
+            try:
+                self._check(work, stopping=False)
+                await publish()
+                return
+            except (errors.Transient, TimeoutError, AMQPError, ChannelInvalidStateError) as exc:
+                attempt += 1
+                delay = self._backoff(attempt)
+                work.log.warning("consumer.publish_failed", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+
+
+__all__ = ["CONTACT", "STREAM_RESPONSE", "Consumer", "key_of"]

@@ -1,0 +1,1 @@
+"""The OSCC OpenMedia protocol: wire models, error codes and the REST client."""

@@ -1,0 +1,364 @@
+"""Reading and writing the guide's objects: every spelling in, one canonical spelling out.
+
+The guide's examples disagree with its tables (``additionalInfo`` vs ``additionalInfos``,
+``date`` vs ``dateTime``, ``url`` vs ``URL``, upper-case ``"POST"``, ``"true"`` as a
+string, ...). Input goes through `normalize`, which accepts every spelling and yields the
+canonical form (the tables' names); `msgspec.convert` then validates it into a Struct of
+`bridge.oscc.models`. The canonical *dict* is what the bridge emits, so fields it does not
+model survive::
+
+    >>> parsed = decode_new_contact(b'{"type": "POST", "dateTIme": "...", ...}')
+    >>> parsed.obj.type                 # typed access
+    <ContactType.POST: 'Post'>
+    >>> parsed.body["dateTime"]         # canonical dict, unknown fields kept
+    >>> encode(parsed.body)             # canonical JSON bytes
+
+What the bridge sends is checked as OSCC would: 11 WRONG_API_REQUEST (not the object),
+12 STRING_OUT_OF_BOUND (`check_limits`), 13 WRONG_DATE_FORMAT (`check_date`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import enum
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from bridge.errors import Rejected
+from bridge.oscc.codes import ErrorCode
+from bridge.oscc.models import (
+    EVENT_CLASSES,
+    ContactType,
+    EventType,
+    NewContact,
+    OpenMediaEvent,
+    OutgoingPublication,
+    StreamRequest,
+    StreamResponse,
+    Wire,
+)
+
+# ---------------------------------------------------------------------------------------
+# Normalization: every accepted spelling in, one canonical spelling out
+
+_T = TypeVar("_T", bound=Wire)
+
+
+Norm = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    names: dict[str, str]  # lower-cased or alias spelling -> canonical encoded name
+    types: dict[str, msgspec.inspect.Type]  # canonical encoded name -> field type
+    enums: dict[str, dict[str, Any]]  # lenient enum fields: lower-cased -> canonical value
+    # canonical encoded name -> its normalizer, only for fields that may need one (a
+    # field typed Any or `int | str` is kept as sent and has none)
+    norms: dict[str, Norm]
+
+
+@functools.cache
+def _plan(cls: type[Wire]) -> _Plan:
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    names: dict[str, str] = {}
+    types: dict[str, msgspec.inspect.Type] = {}
+    norms: dict[str, Norm] = {}
+    for f in info.fields:
+        names[f.encode_name.lower()] = f.encode_name
+        types[f.encode_name] = f.type
+        norm = _compile(f.type)
+        if norm is not None:
+            norms[f.encode_name] = norm
+    for alias, canonical in cls.__aliases__.items():
+        names[alias.lower()] = canonical
+    enums = {name: _enum_values(e) for name, e in cls.__enums__.items()}
+    return _Plan(names, types, enums, norms)
+
+
+@functools.cache
+def _enum_values(cls: type[enum.Enum]) -> dict[str, Any]:
+    return {str(m.value).lower(): m.value for m in cls}
+
+
+_INT = re.compile(r"[+-]?[0-9]{1,18}")  # ASCII only: int("٣") would be 3
+_BOOLS = {"true": True, "false": False}
+
+
+def _norm_str(value: Any) -> Any:
+    if type(value) is str:
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _norm_bool(value: Any) -> Any:
+    return _BOOLS.get(value.lower(), value) if isinstance(value, str) else value
+
+
+def _norm_int(value: Any) -> Any:
+    return int(value) if isinstance(value, str) and _INT.fullmatch(value) else value
+
+
+def _compile(tp: msgspec.inspect.Type) -> Norm | None:
+    """The normalizer for values of type `tp`, built once per field (see `normalize`);
+    None when values of that type are kept as they are."""
+    match tp:
+        case msgspec.inspect.StructType(cls=struct_cls):
+            return lambda v: _normalize_struct(v, struct_cls) if isinstance(v, dict) else v
+        case msgspec.inspect.UnionType(types=types):
+            members = [t for t in types if not isinstance(t, msgspec.inspect.NoneType)]
+            # `int | str` fields keep what was sent; `X | None` normalizes as X (every
+            # normalizer passes None through).
+            return _compile(members[0]) if len(members) == 1 else None
+        case msgspec.inspect.ListType(item_type=item_type):
+            item = _compile(item_type)
+            if item is None:
+                return None
+            return lambda v: [item(x) for x in v] if isinstance(v, list) else v
+        case msgspec.inspect.EnumType(cls=enum_cls):
+            values = _enum_values(enum_cls)
+            return lambda v: values.get(v.lower(), v) if isinstance(v, str) else v
+        case msgspec.inspect.BoolType():
+            return _norm_bool
+        case msgspec.inspect.IntType():
+            return _norm_int
+        case msgspec.inspect.StrType():
+            return _norm_str
+    return None
+
+
+def normalize(value: Any, tp: msgspec.inspect.Type | type[Wire]) -> Any:
+    """Return `value` (decoded JSON) in canonical form for type `tp`.
+
+    Renames alternative keys, canonicalizes enum case, turns ``"true"``/``"3"`` into
+    booleans/integers where the table says so (and numbers into strings where it says
+    String). Unknown keys are kept as they are. Values that cannot be made to fit are
+    left alone for `msgspec.convert` to reject with a precise message.
+    """
+    if isinstance(tp, type):
+        # Straight to the cached plan: msgspec.inspect.type_info re-evaluates every
+        # annotation of the tree on each call (milliseconds per message).
+        return _normalize_struct(value, tp) if isinstance(value, dict) else value
+    norm = _compile(tp)
+    return value if norm is None else norm(value)
+
+
+def _normalize_struct(value: dict[str, Any], cls: type[msgspec.Struct]) -> dict[str, Any]:
+    # On the webhook's hot path: per-field normalizers are compiled once in the plan.
+    plan = _plan(cls)
+    types, names, norms, enums = plan.types, plan.names, plan.norms, plan.enums
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if key in types:
+            name = key  # already the canonical spelling (the usual case)
+        elif isinstance(key, str):
+            name = names.get(key.lower(), key)
+            if name in out and name != key:
+                continue  # the canonical spelling was already given; it wins
+        else:
+            name = key
+        norm = norms.get(name)
+        if norm is not None:
+            item = norm(item)
+        if name in enums and isinstance(item, str):
+            item = enums[name].get(item.lower(), item)
+        out[name] = item
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Validation: limits and dates
+
+
+def check_limits(obj: Wire, path: str = "$") -> None:
+    """Raise Rejected(12 STRING_OUT_OF_BOUND) for the first field over the guide's limit."""
+    limits = obj.__limits__
+    for name, encoded in zip(obj.__struct_fields__, obj.__struct_encode_fields__, strict=True):
+        value = getattr(obj, name)
+        limit = limits.get(encoded)
+        if limit is not None and isinstance(value, str) and len(value) > limit:
+            raise Rejected(
+                f"{path}.{encoded} is {len(value)} characters, the limit is {limit}",
+                code=ErrorCode.STRING_OUT_OF_BOUND,
+                path=f"{path}.{encoded}",
+            )
+        if isinstance(value, Wire):
+            check_limits(value, f"{path}.{encoded}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, Wire):
+                    check_limits(item, f"{path}.{encoded}[{i}]")
+
+
+def parse_date(text: str) -> dt.datetime | None:
+    """Parse the guide's date forms: RFC 1123 (``Date().toUTCString()``) or ISO 8601
+    (including the events' ``2018-02-20 15:08:40.994``). None when it is not a date."""
+    text = text.strip()
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        return email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def check_date(value: str | None, path: str) -> None:
+    """Raise Rejected(13 WRONG_DATE_FORMAT) when `value` is present and not a date."""
+    if value is not None and parse_date(value) is None:
+        raise Rejected(
+            f"{path} is not a date: {value[:64]!r}", code=ErrorCode.WRONG_DATE_FORMAT, path=path
+        )
+
+
+def utc_now_iso() -> str:
+    """Current UTC time as the guide's example writes it: ``2016-09-10T15:04:55Z``."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding entry points
+
+_json_decoder = msgspec.json.Decoder()
+_json_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed(Generic[_T]):
+    """A validated object (`obj`) and its canonical dict (`body`, unknown fields kept)."""
+
+    obj: _T
+    # Out of repr: the body holds secrets (token, sessionToken, password) in the clear,
+    # while `obj`'s repr masks them.
+    body: dict[str, Any] = field(repr=False)
+
+
+def encode(body: Any) -> bytes:
+    """Canonical JSON bytes of a body dict or Struct."""
+    return _json_encoder.encode(body)
+
+
+def decode_json(data: bytes | str) -> Any:
+    """Decode JSON; Rejected(11) when it is not JSON."""
+    try:
+        return _json_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # msgspec raises UnicodeDecodeError, not DecodeError, for a UTF-8-encoded
+        # surrogate in a string (b'"\xed\xa0\x80"'), and RecursionError for nesting
+        # deeper than the interpreter's limit (a JSON bomb): not JSON we can take either.
+        raise Rejected(f"not JSON: {exc}", code=ErrorCode.WRONG_API_REQUEST) from exc
+
+
+def convert(raw: Any, cls: type[_T]) -> Parsed[_T]:
+    """Normalize decoded JSON `raw` and validate it as `cls`; Rejected(11) if it is not one."""
+    if not isinstance(raw, dict):
+        raise Rejected(
+            f"expected a JSON object, got {type(raw).__name__}", code=ErrorCode.WRONG_API_REQUEST
+        )
+    body = normalize(raw, cls)
+    try:
+        obj = msgspec.convert(body, cls)
+    except msgspec.ValidationError as exc:
+        at = _AT.search(str(exc))
+        raise Rejected(
+            str(exc), code=ErrorCode.WRONG_API_REQUEST, path=at.group(1) if at else "$"
+        ) from exc
+    return Parsed(obj, body)
+
+
+# msgspec ends a validation message with " - at `$.source.type`"; no path means the root.
+_AT = re.compile(r" - at `(\$[^`]*)`$")
+
+
+def decode_new_contact(data: bytes | str | dict[str, Any]) -> Parsed[NewContact]:
+    """A New Contact in any accepted spelling, checked as OSCC would check it.
+
+    A missing `dateTime` is filled with the current UTC time. Raises Rejected with 11
+    (not a New Contact), 12 (a field over its limit) or 13 (a dateTime that is no date).
+    """
+    raw = data if isinstance(data, dict) else decode_json(data)
+    if isinstance(raw, dict):
+        # Normalize first so that every spelling of dateTime (date, dateTIme, DATETIME...)
+        # counts as present; normalizing again in `convert` changes nothing.
+        raw = normalize(raw, NewContact)
+        if raw.get("dateTime") is None:
+            raw["dateTime"] = utc_now_iso()
+    parsed = convert(raw, NewContact)
+    check_limits(parsed.obj)
+    check_date(parsed.obj.date_time, "$.dateTime")
+    return parsed
+
+
+def decode_stream_response(data: bytes | str | dict[str, Any]) -> Parsed[StreamResponse]:
+    """A Stream Response in any accepted spelling; Rejected 11/12/13 as for contacts."""
+    parsed = convert(data if isinstance(data, dict) else decode_json(data), StreamResponse)
+    check_limits(parsed.obj)
+    for i, item in enumerate(parsed.obj.ordered_items or ()):
+        check_date(item.date_time, f"$.orderedItems[{i}].dateTime")
+    return parsed
+
+
+Inbound = OutgoingPublication | StreamRequest | OpenMediaEvent
+
+
+def decode_inbound(data: bytes | str | dict[str, Any]) -> Parsed[Inbound]:
+    """Classify and validate one object OSCC sent to the webhook.
+
+    Dispatches on `type` (case-insensitively): ``OpenMediaEvent`` -> the event class for
+    its `openMediaEventType` (OpenMediaEvent itself for types the guide does not list),
+    ``Stream`` -> StreamRequest, a publication type -> OutgoingPublication. Anything else
+    is Rejected(11 WRONG_API_REQUEST).
+    """
+    raw = data if isinstance(data, dict) else decode_json(data)
+    if not isinstance(raw, dict):
+        raise Rejected("expected a JSON object", code=ErrorCode.WRONG_API_REQUEST)
+    kind = _get(raw, "type")
+    kind = kind.lower() if isinstance(kind, str) else None
+    cls: type[Inbound]
+    match kind:
+        case "openmediaevent":
+            tag = _get(raw, "openMediaEventType")
+            cls = EVENT_CLASSES.get(_event_type(tag), OpenMediaEvent)
+        case "stream":
+            cls = StreamRequest
+        case str() if kind in _enum_values(ContactType):
+            cls = OutgoingPublication
+        case _:
+            raise Rejected(
+                f"unknown object type {raw.get('type')!r}", code=ErrorCode.WRONG_API_REQUEST
+            )
+    parsed: Parsed[Inbound] = convert(raw, cls)
+    if isinstance(parsed.obj, OpenMediaEvent):
+        parsed.body["type"] = parsed.obj.type = "OpenMediaEvent"
+        if cls is not OpenMediaEvent:
+            parsed.body["openMediaEventType"] = parsed.obj.open_media_event_type = _event_type(
+                parsed.obj.open_media_event_type
+            )
+    elif isinstance(parsed.obj, StreamRequest):
+        parsed.body["type"] = parsed.obj.type = "Stream"
+    return parsed
+
+
+def _get(raw: dict[str, Any], name: str) -> Any:
+    """`raw[name]`, matching the key case-insensitively as `normalize` does."""
+    if name in raw:
+        return raw[name]
+    lower = name.lower()
+    return next((v for k, v in raw.items() if isinstance(k, str) and k.lower() == lower), None)
+
+
+def _event_type(tag: Any) -> str:
+    if not isinstance(tag, str):
+        return ""
+    return str(_enum_values(EventType).get(tag.lower(), tag))

@@ -1,0 +1,481 @@
+"""The session supervisor: one OSCC session per connector, kept alive, handed out.
+
+States and what moves between them::
+
+    starting ──► registering ──► registered ──(6, 10, 401/403, session_lost)──► registering
+                   │    ▲
+                   │    └──────── backoff   (1, 7, 5xx, timeouts, connection errors: capped
+                   │              ▲          exponential backoff with full jitter; 2: retry
+                   ├──────────────┘          until the stale session expired)
+                   └──────────────► failed  (4, 8, 9: OSCC-side configuration is wrong;
+                                             retry slowly, recover by itself)
+    any ──► stopped (on exit)
+
+Callers get the token with ``await sup.token()`` and report a token OSCC refused with
+``await sup.session_lost(token)``. The report clears the token at once, without awaiting,
+so however many callers report the same token, only the first one counts and there is one
+re-registration (a report for a token that is no longer current is a no-op).
+
+Session changes are handed to `on_change` in order, from a task of their own, so a slow
+or failing broker never delays a keepalive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import enum
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import msgspec
+
+from bridge import errors
+from bridge.config import Config, ConnectorConfig, webhook_url
+from bridge.lifecycle import Service
+from bridge.logs import forget_secret, get_logger
+from bridge.metrics import Metrics
+from bridge.oscc.client import OsccClient
+from bridge.session_store import SessionStore
+
+Change = Literal["registered", "lost", "failed"]
+OnChange = Callable[[Change, dict[str, Any]], Awaitable[None]]
+
+
+class SessionState(enum.StrEnum):
+    """Where a connector's session is; exported as the ``session_state`` gauge."""
+
+    STARTING = "starting"
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Capped exponential backoff with full jitter, never below `base`.
+
+    Attempt ``n`` (from 0) waits a uniform random time in ``[0, min(cap, base * 2**n)]``,
+    raised to `base` so a run of unlucky draws can never become a tight loop.
+    """
+    ceiling = min(cap, base * 2 ** min(attempt, 62))
+    return max(min(base, cap), rng.uniform(0.0, ceiling))
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
+
+
+class SessionSupervisor(Service):
+    """Registers one connector, keeps its session alive and hands out the session token.
+
+    ``async with SessionSupervisor(config, connector, client, metrics):`` starts the
+    background task and stops it (cancels and awaits) on exit. The delays below are
+    attributes so tests (and operators embedding the class) can shorten them.
+    """
+
+    backoff_base: float = 0.5  # first transient retry after 0.5 s ...
+    backoff_cap: float = 30.0  # ... doubling up to 30 s
+    stale_retry: float = 10.0  # cap of the retry delay while a stale session holds us (2)
+    failed_retry: float = 30.0  # retry delay while OSCC refuses the connector (4, 8, 9)
+
+    def __init__(
+        self,
+        config: Config,
+        connector: ConnectorConfig,
+        client: OsccClient,
+        metrics: Metrics,
+        on_change: OnChange | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.connector = connector
+        self._client = client
+        self._metrics = metrics
+        self._on_change = on_change
+        self._rng = rng if rng is not None else random.Random()
+        self._log = get_logger("bridge.session", connector=connector.name)
+        self._webhook_url = webhook_url(config, connector)
+        self._store = SessionStore(
+            config.spool.dir, connector.name, config.oscc.url, connector.title, self._webhook_url
+        )
+        self._token: str | None = None
+        self._ready = asyncio.Event()  # set while _token is a live session token
+        self._lost = asyncio.Event()  # set when the current token was reported lost
+        self._state = SessionState.STARTING
+        self._since = time.time()
+        self._last_keepalive: float | None = None
+        self._registrations = 0
+        self._keepalive_failures = 0
+        self._events_enabled: bool | None = None
+        self._last_error: errors.BridgeError | None = None
+        self._last_error_at: float | None = None
+        self._changes: asyncio.Queue[tuple[Change, dict[str, Any]]] = asyncio.Queue()
+        self._failed_code: int | None = None  # the code of the current `failed` spell
+        self._tasks: list[asyncio.Task[None]] = []
+        self._set_state(SessionState.STARTING)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start registering in the background."""
+        if self._tasks:
+            return
+        name = self.connector.name
+        for coro, what in ((self._run(), "session"), (self._notify(), "session-notify")):
+            task = asyncio.create_task(coro, name=f"{what}:{name}")
+            task.add_done_callback(self._task_done)
+            self._tasks.append(task)
+
+    async def stop(self) -> None:
+        """Cancel the background tasks and wait for them; the state becomes ``stopped``."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._drop_token()
+        self._set_state(SessionState.STOPPED)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._log.error(
+                "session.task_died",
+                task=task.get_name(),
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+
+    # -- what callers use ----------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        """The current state."""
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        """True while registered (readiness)."""
+        return self._state is SessionState.REGISTERED
+
+    async def token(self, timeout: float = 30.0) -> str:  # noqa: ASYNC109 (agreed interface)
+        """A live session token; waits up to `timeout` while (re)registering.
+
+        Raises Transient when there is none in time (the caller retries later).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._token is not None:
+                return self._token
+            if self._state is SessionState.STOPPED:
+                raise errors.Transient(f"session of {self.connector.name} is stopped")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.Transient(
+                    f"no OSCC session for {self.connector.name} within {timeout:g} s "
+                    f"(state {self._state})"
+                )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._ready.wait()
+
+    async def session_lost(self, token: str, error: errors.BridgeError | None = None) -> None:
+        """Report that OSCC refused `token`; one re-registration however many report it."""
+        self._lose(token, error or errors.SessionLost("reported by a caller"))
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able state for /status; never the token."""
+        err = self._last_error
+        return {
+            "connector": self.connector.name,
+            "title": self.connector.title,
+            "state": str(self._state),
+            "ready": self.ready,
+            "since": _iso(self._since),
+            "last_keepalive": _iso(self._last_keepalive),
+            "registrations": self._registrations,
+            "keepalive_failures": self._keepalive_failures,
+            "listen_for_events": self._events_enabled,
+            "last_error_code": err.code if err else None,
+            "last_error_text": err.text if err else None,
+            "last_error_at": _iso(self._last_error_at),
+        }
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _set_state(self, state: SessionState) -> bool:
+        """Move to `state`; True when it is a change."""
+        for s in SessionState:
+            self._metrics.session_state.labels(self.connector.name, s.value).set(
+                1 if s is state else 0
+            )
+        if state is self._state:
+            return False
+        self._state = state
+        self._since = time.time()
+        self._log.debug("session.state", state=str(state))
+        return True
+
+    def _note(self, error: errors.BridgeError) -> None:
+        self._last_error = error
+        self._last_error_at = time.time()
+
+    def _drop_token(self) -> None:
+        if self._token is not None:
+            forget_secret(self._token)
+        self._token = None
+        self._ready.clear()
+
+    def _lose(self, token: str, error: errors.BridgeError) -> None:
+        """Forget `token` if it is the current one; synchronous, hence single-flight."""
+        if token != self._token or self._state is SessionState.STOPPED:
+            return
+        self._drop_token()
+        # Never resume a token someone saw refused: OSCC accepting its keepalive while
+        # refusing it elsewhere would loop the callers without a backoff.
+        self._store.forget()
+        self._lost.set()
+        self._note(error)
+        self._set_state(SessionState.REGISTERING)
+        self._log.warning("session.lost", error_code=error.code, error_text=error.text)
+        self._emit("lost", error)
+
+    def _emit(self, change: Change, error: errors.BridgeError | None = None, **extra: Any) -> None:
+        body: dict[str, Any] = {
+            "connector": self.connector.name,
+            "title": self.connector.title,
+            "state": str(self._state),
+            "at": _iso(time.time()),
+        }
+        if error is not None:
+            if error.code is not None:
+                body["errorCode"] = error.code
+            body["errorText"] = error.text
+        body.update(extra)
+        self._changes.put_nowait((change, body))
+
+    async def _notify(self) -> None:
+        while True:
+            change, body = await self._changes.get()
+            if self._on_change is None:
+                continue
+            try:
+                await self._on_change(change, body)
+            except Exception:
+                self._log.exception("session.on_change_failed", change=change)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0  # consecutive failures, for the backoff
+        while True:
+            # retries out of backoff/failed keep that state: it says what we wait for,
+            # and `failed` is announced once per spell, not once per attempt
+            if self._state not in (SessionState.BACKOFF, SessionState.FAILED):
+                self._set_state(SessionState.REGISTERING)
+            try:
+                token = await self._register()
+            except Exception as exc:
+                delay = self._registration_failed(exc, attempt)
+                attempt += 1
+                await asyncio.sleep(delay)
+            else:
+                attempt = 0
+                self._failed_code = None
+                await self._hold(token)
+
+    def _registration_failed(self, exc: Exception, attempt: int) -> float:
+        """Account for a failed registration; return how long to wait before the next."""
+        name = self.connector.name
+        match exc:
+            case errors.ConnectorRefused():
+                self._note(exc)
+                self._metrics.registrations.labels(name, "refused").inc()
+                if self._set_state(SessionState.FAILED) or exc.code != self._failed_code:
+                    self._log.error(
+                        "session.connector_refused",
+                        title=self.connector.title,
+                        error_code=exc.code,
+                        error_text=exc.text,
+                        hint="check the connector's title, token and state in OSCC Manager",
+                        retry_in=self.failed_retry,
+                    )
+                    self._emit("failed", exc)
+                self._failed_code = exc.code
+                return self.failed_retry * self._rng.uniform(0.8, 1.0)
+            case errors.StaleSession():
+                self._note(exc)
+                self._metrics.registrations.labels(name, "stale").inc()
+                if self._set_state(SessionState.BACKOFF):
+                    self._log.warning("session.stale_session", error_text=exc.text)
+                cap = self.stale_retry
+            case errors.BridgeError():
+                self._note(exc)
+                self._metrics.registrations.labels(name, "transient").inc()
+                if self._set_state(SessionState.BACKOFF):
+                    self._log.warning(
+                        "session.register_failed", error_code=exc.code, error_text=exc.text
+                    )
+                cap = self.backoff_cap
+            case _:
+                # a bug, not an OSCC answer: say so loudly, but keep the connector alive
+                self._log.error("session.register_crashed", exc_info=exc)
+                self._note(errors.Transient(f"{type(exc).__name__}: {exc}"))
+                self._metrics.registrations.labels(name, "error").inc()
+                self._set_state(SessionState.BACKOFF)
+                cap = self.backoff_cap
+        return backoff_delay(attempt, base=self.backoff_base, cap=cap, rng=self._rng)
+
+    async def _register(self) -> str:
+        """Resume the session a previous process left, else register; then enable
+        listen-for-events, install and announce the token."""
+        extra: dict[str, Any] = {}
+        token = await self._resume()
+        if token is None:
+            response = await self._client.register(
+                self.connector.title, self.connector.token, self._webhook_url
+            )
+            token = response.session_token
+            assert token  # the client raises Transient for an answer without one
+            self._save(token)
+            self._registrations += 1
+            outcome = "registered"
+            if self.connector.publish_credentials and response.user_credentials is not None:
+                extra["userCredentials"] = msgspec.to_builtins(response.user_credentials)
+        else:
+            outcome = "resumed"
+        if self.connector.listen_for_events:
+            await self._enable_events(token)
+        self._lost.clear()
+        self._token = token
+        self._ready.set()
+        self._metrics.registrations.labels(self.connector.name, outcome).inc()
+        self._set_state(SessionState.REGISTERED)
+        self._log.info(f"session.{outcome}", title=self.connector.title)
+        self._emit("registered", **extra)
+        return token
+
+    async def _resume(self) -> str | None:
+        """The token a previous bridge process saved, if OSCC still honours it.
+
+        Not with publish_credentials: the credentials come only with a registration.
+        A token OSCC refuses is forgotten; on a transient failure it is kept for the next
+        attempt (OSCC may just be down, and the session with it may still be alive).
+        """
+        if self.connector.publish_credentials:
+            return None
+        token = self._store.load()
+        if token is None:
+            return None
+        try:
+            await self._client.keepalive(token)
+        except errors.Transient:
+            return None
+        except errors.BridgeError:
+            self._store.forget()
+            return None
+        self._last_keepalive = time.time()
+        return token
+
+    def _save(self, token: str) -> None:
+        try:
+            self._store.save(token)
+        except OSError as exc:
+            # Only the next restart is slower for it (it waits for this session to expire).
+            self._log.warning("session.save_failed", path=str(self._store.path), error=str(exc))
+
+    async def _enable_events(self, token: str) -> None:
+        """Listen For Events on the new session before anyone gets its token.
+
+        Transient failures are retried (the session is ours and these calls keep it
+        alive); SessionLost goes back to registration; any other refusal, or HTTP
+        404/405 (OSCC has no such path: the guide gives none, so ours is a guess), is
+        logged and the connector runs without events rather than not at all.
+        """
+        attempt = 0
+        while True:
+            try:
+                await self._client.listen_for_events(token, enabled=True)
+            except errors.Transient as exc:
+                if exc.http_status in (404, 405):
+                    self._events_refused(exc)
+                    return
+                self._note(exc)
+                delay = backoff_delay(
+                    attempt,
+                    base=self.backoff_base,
+                    cap=min(self.backoff_cap, self.config.oscc.keepalive_interval),
+                    rng=self._rng,
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            except (errors.SessionLost, errors.StaleSession, errors.ConnectorRefused):
+                raise
+            except errors.Rejected as exc:
+                self._events_refused(exc)
+                return
+            self._events_enabled = True
+            return
+
+    def _events_refused(self, exc: errors.BridgeError) -> None:
+        self._note(exc)
+        self._events_enabled = False
+        self._log.error(
+            "session.listen_for_events_refused",
+            error_code=exc.code,
+            error_text=exc.text,
+            hint="check oscc.listen_for_events_path; running without events",
+        )
+
+    async def _hold(self, token: str) -> None:
+        """Keep `token` alive until OSCC or a caller says it is gone."""
+        interval = self.config.oscc.keepalive_interval
+        delay = interval
+        failures = 0
+        while self._token == token:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._lost.wait()
+            if self._token != token:
+                return
+            try:
+                await self._client.keepalive(token)
+            except errors.Transient as exc:
+                self._note(exc)
+                self._keepalive_failures += 1
+                self._metrics.keepalive_failures.labels(self.connector.name).inc()
+                if failures == 0:
+                    self._log.warning("session.keepalive_failed", error_text=exc.text)
+                delay = min(
+                    interval,
+                    backoff_delay(failures, base=self.backoff_base, cap=interval, rng=self._rng),
+                )
+                failures += 1
+            except errors.BridgeError as exc:
+                # 6, 10, 401/403 -- or an answer the guide does not expect for a
+                # keepalive (2, 4, 8, 9, 11..13): either way this session is unusable
+                self._keepalive_failures += 1
+                self._metrics.keepalive_failures.labels(self.connector.name).inc()
+                self._lose(token, exc)
+                return
+            else:
+                if self._token == token:
+                    self._last_keepalive = time.time()
+                if failures:
+                    self._log.info("session.keepalive_recovered", failures=failures)
+                failures = 0
+                delay = interval
+
+
+__all__ = ["OnChange", "SessionState", "SessionSupervisor", "backoff_delay"]

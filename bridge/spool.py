@@ -1,0 +1,439 @@
+"""Disk spool: what the broker could not confirm waits here, on disk, in arrival order.
+
+Layout of ``spool.dir``::
+
+    000000000001.seg   append-only segment files, oldest first
+    000000000002.seg
+    cursor             [segment, offset] of the oldest record not yet confirmed
+
+A segment is a sequence of records ``length:u32 crc:u32 payload`` (big endian), the CRC
+covering the length bytes and the payload, the payload a msgpack `SpoolRecord`. After a
+crash the last record of a segment may be torn (partly written, or zeros): opening the
+spool finds the first record whose length or CRC is wrong, truncates the segment there and
+keeps every record before it.
+
+`append` returns only once its record is on disk (written and fsynced). Appends that arrive
+while an fsync runs are written together by the next one (group commit), so many
+concurrent webhooks cost one fsync, not one each. `read` hands out the oldest records;
+`ack` drops them once the broker confirmed them, moves the cursor and deletes segments
+that were fully replayed. A record is delivered at least once: a crash between the
+confirm and the cursor update replays it again after restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import struct
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
+
+from bridge import logs
+from bridge.errors import BrokerUnavailable
+from bridge.metrics import Metrics
+
+log = logs.get_logger("bridge.spool")
+
+_HEADER = struct.Struct(">II")
+_MAX_RECORD = 256 * 1024 * 1024  # a length beyond this is garbage, not a record
+_SUFFIX = ".seg"
+
+
+class SpoolRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
+    """Everything needed to publish a message later, exactly as it would have been.
+
+    Stored as a msgpack array: new fields go at the end, with a default.
+    """
+
+    connector: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    timestamp: dt.datetime
+    exchange: str | None = None  # None = the main topic exchange
+    headers: dict[str, Any] | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(SpoolRecord)
+
+
+def frame(record: SpoolRecord) -> bytes:
+    """One record as it is written to a segment."""
+    payload = _encoder.encode(record)
+    head = struct.pack(">I", len(payload))
+    return head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head))) + payload
+
+
+@dataclass(slots=True)
+class _Segment:
+    seq: int
+    path: Path
+    size: int  # bytes on disk that hold whole, fsynced records
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A record handed out by `read`, with where it ends (for `ack`)."""
+
+    record: SpoolRecord
+    segment: int
+    end: int
+    size: int
+
+
+def _scan(path: Path, start: int = 0) -> tuple[int, int, int]:
+    """Walk the records of a segment file from `start`.
+
+    Returns (records, bytes of those records, offset where the last good record ends).
+    """
+    count = nbytes = 0
+    good = start
+    with path.open("rb") as f:
+        f.seek(start)
+        while True:
+            head = f.read(_HEADER.size)
+            if len(head) < _HEADER.size:
+                break
+            length, crc = _HEADER.unpack(head)
+            if length == 0 or length > _MAX_RECORD:
+                break
+            payload = f.read(length)
+            if len(payload) < length or zlib.crc32(payload, zlib.crc32(head[:4])) != crc:
+                break
+            count += 1
+            nbytes += _HEADER.size + length
+            good += _HEADER.size + length
+    return count, nbytes, good
+
+
+class Spool:
+    """A bounded, crash-safe FIFO of `SpoolRecord` in ``directory``.
+
+    Use as an async context manager (opens, recovers, and closes). Raises BrokerUnavailable
+    from `append` when `max_bytes` would be exceeded, or the disk write fails.
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        max_bytes: int,
+        metrics: Metrics | None = None,
+        segment_bytes: int = 16 * 1024 * 1024,
+        fsync: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        # Called (in the loop) whenever records became readable; the publisher's replay
+        # task hooks itself here.
+        self.on_commit: Callable[[], None] | None = None
+        self._segments: deque[_Segment] = deque()
+        self._head_offset = 0  # in _segments[0]: start of the oldest unacknowledged record
+        self._messages = 0  # unacknowledged records, pending ones included
+        self._bytes = 0
+        self._committed = 0  # unacknowledged records that are on disk (readable)
+        self._next_seq = 1
+        self._fd: int | None = None  # the tail segment, open for appending
+        self._tail: _Segment | None = None
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._reader: tuple[int, BinaryIO] | None = None
+        self._opened = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def __aenter__(self) -> Spool:
+        await asyncio.to_thread(self.open)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def open(self) -> None:
+        """Create the directory, recover what a previous run left, and count it."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        cursor_seq, cursor_offset = self._read_cursor()
+        found = sorted(
+            (int(p.stem), p) for p in self.directory.glob("*" + _SUFFIX) if p.stem.isdigit()
+        )
+        for seq, path in found:
+            if seq < cursor_seq:
+                path.unlink()  # fully replayed; the crash came before it was deleted
+                continue
+            start = cursor_offset if seq == cursor_seq else 0
+            size = path.stat().st_size
+            start = min(start, size)
+            count, nbytes, good = _scan(path, start)
+            if good < size:
+                log.warning(
+                    "spool: dropped a torn record at the end of a segment",
+                    segment=path.name,
+                    offset=good,
+                    dropped_bytes=size - good,
+                )
+                with path.open("r+b") as f:
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+            if not self._segments:
+                self._head_offset = start
+            self._segments.append(_Segment(seq, path, good))
+            self._messages += count
+            self._bytes += nbytes
+        self._committed = self._messages
+        self._next_seq = max([cursor_seq, *(s for s, _ in found)], default=0) + 1
+        self._opened = True
+        self._gauge()
+        if self._messages:
+            log.info("spool: records left by the previous run", messages=self._messages)
+
+    async def close(self) -> None:
+        """Finish pending writes and close the files (records stay on disk)."""
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._tail = None
+        if self._reader is not None:
+            self._reader[1].close()
+            self._reader = None
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def messages(self) -> int:
+        """Records not yet confirmed by the broker (including those being written)."""
+        return self._messages
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of those records on disk (framing included); bounded by `max_bytes`."""
+        return self._bytes
+
+    @property
+    def committed(self) -> int:
+        """Records on disk and ready to be read."""
+        return self._committed
+
+    def __len__(self) -> int:
+        return self._messages
+
+    def status(self) -> dict[str, Any]:
+        """Depth and bound, JSON-able (for ``/status``)."""
+        return {
+            "messages": self._messages,
+            "bytes": self._bytes,
+            "max_bytes": self.max_bytes,
+            "segments": len(self._segments),
+            "dir": str(self.directory),
+        }
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.spool_messages.set(self._messages)
+            self.metrics.spool_bytes.set(self._bytes)
+
+    # -- writing ------------------------------------------------------------------------
+    def enqueue(self, record: SpoolRecord) -> asyncio.Future[None]:
+        """Queue `record` for the next group commit and return a future that completes
+        when it is on disk. Synchronous up to the queueing, so records are appended in
+        the order of these calls. Raises BrokerUnavailable when the spool is full."""
+        if not self._opened:
+            raise RuntimeError("spool is not open")
+        data = frame(record)
+        if len(data) - _HEADER.size > _MAX_RECORD:
+            raise ValueError(f"record of {len(data)} bytes is too large for the spool")
+        if self._bytes + len(data) > self.max_bytes:
+            raise BrokerUnavailable(
+                f"spool full: {self._bytes} of {self.max_bytes} bytes used "
+                f"({self._messages} messages)"
+            )
+        self._messages += 1
+        self._bytes += len(data)
+        self._gauge()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((data, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="spool-flush")
+        return future
+
+    async def append(self, record: SpoolRecord) -> None:
+        """Append `record` and return once it is on disk (fsynced)."""
+        # Shielded: a cancelled webhook must not leave the spool's bookkeeping half done;
+        # the record is written anyway.
+        await asyncio.shield(self.enqueue(record))
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            data = b"".join(d for d, _ in batch)
+            try:
+                if self._tail is None or self._tail.size >= self.segment_bytes:
+                    await self._rotate()
+                assert self._tail is not None
+                assert self._fd is not None
+                await asyncio.to_thread(self._write, self._fd, self._tail.size, data)
+            except Exception as exc:
+                self._messages -= len(batch)
+                self._bytes -= len(data)
+                self._gauge()
+                log.error("spool: write failed", error=repr(exc))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(BrokerUnavailable(f"spool write failed: {exc}"))
+                continue
+            self._tail.size += len(data)
+            self._committed += len(batch)
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+            if self.on_commit is not None:
+                self.on_commit()
+
+    def _write(self, fd: int, at: int, data: bytes) -> None:
+        """Write `data` at the end of the tail segment and fsync; on failure cut the
+        segment back to `at` so no partial record stays in the middle of it."""
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if self.fsync:
+                os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, at)
+            raise
+
+    async def _rotate(self) -> None:
+        """Start a new tail segment (file work in a thread, bookkeeping in the loop)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        seq = self._next_seq
+        self._next_seq += 1
+        path = self.directory / f"{seq:012d}{_SUFFIX}"
+        self._fd = await asyncio.to_thread(self._create, path)
+        segment = _Segment(seq, path, 0)
+        self._segments.append(segment)
+        self._tail = segment
+
+    def _create(self, path: Path) -> int:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._sync_dir()
+        return fd
+
+    def _sync_dir(self) -> None:
+        if not self.fsync:
+            return
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- reading ------------------------------------------------------------------------
+    def read(self, limit: int, max_bytes: int = 4 * 1024 * 1024) -> list[Entry]:
+        """Up to `limit` of the oldest unacknowledged records that are on disk."""
+        out: list[Entry] = []
+        nbytes = 0
+        offset = self._head_offset
+        for segment in list(self._segments):
+            if len(out) >= limit or nbytes >= max_bytes:
+                break
+            if offset >= segment.size:
+                offset = 0
+                continue
+            f = self._open_reader(segment)
+            f.seek(offset)
+            while offset < segment.size and len(out) < limit and nbytes < max_bytes:
+                head = f.read(_HEADER.size)
+                length, _ = _HEADER.unpack(head)
+                record = _decoder.decode(f.read(length))
+                size = _HEADER.size + length
+                offset += size
+                nbytes += size
+                out.append(Entry(record, segment.seq, offset, size))
+            offset = 0
+        return out
+
+    def _open_reader(self, segment: _Segment) -> BinaryIO:
+        if self._reader is not None and self._reader[0] == segment.seq:
+            return self._reader[1]
+        if self._reader is not None:
+            self._reader[1].close()
+        f = segment.path.open("rb")
+        self._reader = (segment.seq, f)
+        return f
+
+    def ack(self, entries: list[Entry]) -> None:
+        """Drop `entries` (a prefix of what `read` returned) after the broker confirmed
+        them; delete segments replayed to their end and move the cursor."""
+        if not entries:
+            return
+        last = entries[-1]
+        while self._segments and self._segments[0].seq < last.segment:
+            self._drop_head_segment()
+        self._head_offset = last.end
+        self._messages -= len(entries)
+        self._committed -= len(entries)
+        self._bytes -= sum(e.size for e in entries)
+        head = self._segments[0]
+        if self._head_offset >= head.size and (
+            head is not self._tail or (not self._pending and not self._busy_writing())
+        ):
+            self._drop_head_segment()
+        self._write_cursor()
+        self._gauge()
+
+    def _busy_writing(self) -> bool:
+        return self._flusher is not None and not self._flusher.done()
+
+    def _drop_head_segment(self) -> None:
+        segment = self._segments.popleft()
+        if segment is self._tail:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._tail = None
+        if self._reader is not None and self._reader[0] == segment.seq:
+            self._reader[1].close()
+            self._reader = None
+        with contextlib.suppress(FileNotFoundError):
+            segment.path.unlink()
+        self._head_offset = 0
+
+    # -- cursor -------------------------------------------------------------------------
+    def _cursor_seq(self) -> tuple[int, int]:
+        if self._segments:
+            return self._segments[0].seq, self._head_offset
+        # Everything replayed: the next segment starts clean.
+        return self._next_seq, 0
+
+    def _write_cursor(self) -> None:
+        # Not fsynced: losing an update only replays a few confirmed records again.
+        path = self.directory / "cursor"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(_encoder.encode(self._cursor_seq()))
+        os.replace(tmp, path)
+
+    def _read_cursor(self) -> tuple[int, int]:
+        path = self.directory / "cursor"
+        try:
+            seq, offset = msgspec.msgpack.decode(path.read_bytes(), type=tuple[int, int])
+        except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+            return 0, 0
+        return seq, offset

@@ -1,0 +1,281 @@
+"""Benchmark: queue -> OSCC forwarding rate of the consumer, against the ceiling.
+
+The ceiling is measured in the same run: the same newContact POSTs, sent by a bare aiohttp
+client at the same concurrency (= broker.prefetch) to the same simulator. The simulator
+runs in a process of its own, so it does not share a core with what is measured. The
+bridge side does everything it does in production: consume with manual ack, decode and
+check limits, per-source lanes, POST, fsync the dedupe key, publish the outcome with a
+confirm, ack. The queue is filled before the consumer starts, so only forwarding is timed.
+
+    python tests/bench/bench_egress.py [--n 5000] [--prefetch 64] [--sources 1000]
+                                       [--latency 0] [--rounds 2]
+                                       [--queue-type quorum|classic]
+
+`run(...)` returns the numbers as a dict (for tests/bench/run.py). Target: ratio >= 0.70.
+
+Sources: contacts of one source go to OSCC one after the other, so with fewer sources
+than prefetch (say 50 of 64) no more than that many are ever in flight, whatever the
+bridge costs. The default, 1,000 sources, measures the bridge's own overhead; ``--sources
+50`` shows what per-source order costs on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+
+from bridge import logs
+from bridge.config import BrokerConfig, Config, ConnectorConfig, HttpConfig, OsccConfig, SpoolConfig
+from bridge.consumer import Consumer
+from bridge.dedupe import DedupeStore
+from bridge.metrics import Metrics
+from bridge.oscc import codec
+from bridge.oscc.client import OsccClient
+from bridge.publisher import Publisher
+from bridge.session import SessionSupervisor
+from bridge.topology import Topology
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for harness
+from harness import simulator_process
+
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
+BARE_TITLE, BARE_TOKEN = "bench-bare", "BENCHBARETOKEN0123456789"
+TARGET = 0.70
+NEW_CONTACT = "/openmedia/webapi/main/newContact"
+
+
+def contacts(n: int, sources: int) -> list[bytes]:
+    """`n` canonical New Contact bodies from `sources` sources, ~400 bytes each."""
+    out = []
+    for i in range(n):
+        body = {
+            "type": "Post",
+            "dateTime": "2016-09-10T15:04:55Z",
+            "source": {"id": f"src-{i % sources}", "type": "Person", "name": "Bench Person"},
+            "publishedObject": {
+                "id": f"po-{i}",
+                "title": "benchmark",
+                "content": "The quick brown fox jumps over the lazy dog. " * 4,
+            },
+            "destination": {"id": "page-1", "type": "Page", "name": "Bench Page"},
+        }
+        out.append(codec.encode(codec.decode_new_contact(body).body))
+    return out
+
+
+async def reset(http: aiohttp.ClientSession, url: str) -> None:
+    """Forget the simulator's records (memory) but keep its latency (reset clears it)."""
+    async with http.get(f"{url}/admin/faults") as r:
+        latency = (await r.json())["latency"]
+    async with http.post(f"{url}/admin/reset") as r:
+        r.raise_for_status()
+    async with http.post(f"{url}/admin/faults", json={"latency": latency}) as r:
+        r.raise_for_status()
+
+
+async def count_accepted(http: aiohttp.ClientSession, url: str, title: str) -> int:
+    async with http.get(f"{url}/admin/records", params={"endpoint": "newContact"}) as r:
+        rows = (await r.json())["records"]
+    return sum(1 for row in rows if row["title"] == title and row["error_code"] == 0)
+
+
+async def bare(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, float]:
+    """The ceiling: POST every body at `concurrency`; (contacts per second, CPU seconds
+    of this process per contact)."""
+    async with aiohttp.ClientSession() as http:
+        registration = {
+            "type": "Registration",
+            "webhookURL": "http://127.0.0.1:9/webhook/bench",
+            "openMedia": {"openMediaTitle": BARE_TITLE, "token": BARE_TOKEN},
+        }
+        async with http.post(
+            f"{url}/openmedia/webapi/main/registerConnector", json=registration
+        ) as r:
+            answer = await r.json()
+        token = answer.get("sessionToken")
+        if not token:  # still registered from an earlier round
+            sessions = await (await http.get(f"{url}/admin/sessions")).json()
+            raise RuntimeError(f"bare client could not register: {answer} {sessions}")
+        headers = {"Content-Type": "application/json", "Authorization": token}
+        queue = iter(bodies)
+        failures = 0
+
+        async def worker() -> None:
+            nonlocal failures
+            for body in queue:
+                async with http.post(url + NEW_CONTACT, data=body, headers=headers) as r:
+                    if (await r.json()).get("errorCode") != 0:
+                        failures += 1
+
+        started, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        if failures:
+            raise RuntimeError(f"bare client: {failures} contacts not accepted")
+        await http.delete(f"{url}/admin/sessions")  # let the next round register again
+        await reset(http, url)
+    return len(bodies) / elapsed, cpu / len(bodies)
+
+
+async def through_bridge(
+    url: str, bodies: list[bytes], prefetch: int, queue_type: str = "quorum"
+) -> tuple[float, float]:
+    """Fill the queue, then time the consumer forwarding all of it; as `bare`."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    c = "fb"
+    with tempfile.TemporaryDirectory() as spool:
+        config = Config(
+            broker=BrokerConfig(
+                url=AMQP_URL,
+                exchange=prefix,
+                prefetch=prefetch,
+                queue_type=queue_type,  # type: ignore[arg-type]
+            ),
+            http=HttpConfig(public_url="http://127.0.0.1:9"),
+            oscc=OsccConfig(url=url, keepalive_interval=30.0),
+            spool=SpoolConfig(dir=spool),
+            connectors=[ConnectorConfig(name=c, title=TITLE, token=TOKEN, listen_for_events=False)],
+        )
+        topology = Topology(prefix, config.broker.queue_type)
+        metrics = Metrics()
+        async with contextlib.AsyncExitStack() as stack:
+            publisher = await stack.enter_async_context(
+                Publisher(config.broker, topology, connectors=[c], metrics=metrics)
+            )
+            channel = await publisher.connection.channel(publisher_confirms=True)
+            stack.push_async_callback(topology.delete, channel, [c])
+            exchange = await channel.get_exchange(prefix, ensure=False)
+            key = topology.contact_new_key(c)
+            for start in range(0, len(bodies), 500):
+                await asyncio.gather(
+                    *(
+                        exchange.publish(
+                            aio_pika.Message(b, message_id=uuid.uuid4().hex, delivery_mode=2),
+                            key,
+                        )
+                        for b in bodies[start : start + 500]
+                    )
+                )
+            client = await stack.enter_async_context(
+                OsccClient(config.oscc, connector=c, metrics=metrics)
+            )
+            supervisor = await stack.enter_async_context(
+                SessionSupervisor(config, config.connectors[0], client, metrics)
+            )
+            await supervisor.token(timeout=10)
+            dedupe = await stack.enter_async_context(DedupeStore.for_connector(spool, c))
+
+            def accepted() -> float:
+                # this family only: collecting the whole registry costs more than a contact
+                samples = metrics.forwards.collect()[0].samples
+                return sum(
+                    x.value
+                    for x in samples
+                    if x.name.endswith("_total") and x.labels["outcome"] == "accepted"
+                )
+
+            consumer = Consumer(
+                config,
+                config.connectors[0],
+                topology,
+                publisher,
+                supervisor,
+                client,
+                metrics,
+                dedupe,
+                rng=random.Random(0),
+            )
+            started, cpu = time.perf_counter(), time.process_time()
+            async with consumer:
+                while accepted() < len(bodies):  # noqa: ASYNC110 (no event to wait on)
+                    await asyncio.sleep(0.01)
+                elapsed = time.perf_counter() - started
+                cpu = time.process_time() - cpu
+    async with aiohttp.ClientSession() as http:
+        got = await count_accepted(http, url, TITLE)
+        await http.delete(f"{url}/admin/sessions")
+        await reset(http, url)
+    if got != len(bodies):
+        raise RuntimeError(f"simulator accepted {got} contacts, expected {len(bodies)}")
+    return len(bodies) / elapsed, cpu / len(bodies)
+
+
+async def run(
+    n: int = 5000,
+    prefetch: int = 64,
+    sources: int = 1000,
+    latency: float = 0.0,
+    rounds: int = 2,
+    queue_type: str = "quorum",
+) -> dict[str, Any]:
+    """Measure ceiling and bridge `rounds` times, interleaved; keep the best of each."""
+    bodies = contacts(n, sources)
+    ceilings: list[tuple[float, float]] = []
+    bridges: list[tuple[float, float]] = []
+    async with simulator_process(
+        {TITLE: TOKEN, BARE_TITLE: BARE_TOKEN}, agent=False, latency=latency, session_ttl=3600.0
+    ) as (url, _):
+        for _ in range(rounds):
+            ceilings.append(await bare(url, bodies, prefetch))
+            bridges.append(await through_bridge(url, bodies, prefetch, queue_type))
+    (ceiling, ceiling_cpu), (bridge, bridge_cpu) = max(ceilings), max(bridges)
+    return {
+        "bench": "egress",
+        "n": n,
+        "prefetch": prefetch,
+        "sources": sources,
+        "latency": latency,
+        "queue_type": queue_type,
+        "ceiling_per_s": round(ceiling, 1),
+        "bridge_per_s": round(bridge, 1),
+        "ratio": round(bridge / ceiling, 3),
+        "target": TARGET,
+        "ok": bridge / ceiling >= TARGET,
+        # CPU of the measuring process per contact (the simulator runs elsewhere)
+        "ceiling_cpu_us": round(ceiling_cpu * 1e6),
+        "bridge_cpu_us": round(bridge_cpu * 1e6),
+        "rounds": {
+            "ceiling": [round(r) for r, _ in ceilings],
+            "bridge": [round(r) for r, _ in bridges],
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--prefetch", type=int, default=64)
+    parser.add_argument("--sources", type=int, default=1000)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum")
+    args = parser.parse_args()
+    logs.configure("warning", "console")
+    result = asyncio.run(
+        run(args.n, args.prefetch, args.sources, args.latency, args.rounds, args.queue_type)
+    )
+    print(
+        f"egress: ceiling {result['ceiling_per_s']:.0f}/s (bare aiohttp), "
+        f"bridge {result['bridge_per_s']:.0f}/s, ratio {result['ratio']:.2f} "
+        f"(target {TARGET:.2f}) {'OK' if result['ok'] else 'BELOW TARGET'}; CPU per contact "
+        f"{result['ceiling_cpu_us']} us bare, {result['bridge_cpu_us']} us bridge"
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

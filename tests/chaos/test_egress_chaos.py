@@ -1,0 +1,307 @@
+"""Chaos: the bridge (``python -m bridge run``) is SIGKILLed while it forwards contacts to
+OSCC, then restarted on the same spool directory. Nothing may be lost; nothing may reach
+OSCC twice, except what no connector can protect: a contact OSCC accepted whose key had not
+reached the dedupe file when the process died (the answer was on its way back). The tests
+name that set exactly, from the dedupe file left behind, and check every duplicate is in it.
+
+The SIGKILL tests leave the broker alone. The broker-restart test takes RabbitMQ away
+(``rabbitmqctl stop_app``) under /tmp/oscc-chaos.lock, so it never overlaps another chaos
+test, and always restarts it::
+
+    flock /tmp/oscc-chaos.lock .venv/bin/python -m pytest -m chaos tests/chaos/test_egress_chaos.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from bridge.dedupe import FILE_NAME
+from bridge.simulator import Simulator
+from bridge.topology import Topology
+from tests.conftest import AMQP_URL
+from tests.harness import broker_outage, chaos_lock
+
+pytestmark = pytest.mark.chaos
+
+C = "fb"
+TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_text(prefix: str, oscc_url: str, port: int, spool: Path) -> str:
+    return f"""
+[broker]
+url = "{AMQP_URL}"
+exchange = "{prefix}"
+prefetch = 64
+
+[http]
+host = "127.0.0.1"
+port = {port}
+public_url = "http://127.0.0.1:{port}"
+
+[oscc]
+url = "{oscc_url}"
+keepalive_interval = 0.5
+request_timeout = 5
+
+[spool]
+dir = "{spool}"
+
+[log]
+level = "info"
+format = "json"
+
+[[connectors]]
+name = "{C}"
+title = "{TITLE}"
+token = "{TOKEN}"
+listen_for_events = false
+"""
+
+
+class BridgeProcess:
+    """``python -m bridge run --config F`` as a child process, its output in a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config, self.log = config, log
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bridge",
+                "run",
+                "--config",
+                str(self.config),
+                stdout=out,
+                stderr=out,
+                cwd=ROOT,
+            )
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        assert await asyncio.wait_for(self.proc.wait(), 30) == -signal.SIGKILL
+
+    async def stop(self) -> int:
+        """SIGTERM: drain and exit (0 expected)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), 60)
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Run:
+    """One test's world: simulator, prefix, published contacts, bridge process."""
+
+    def __init__(self, sim: Simulator, prefix: str, tmp_path: Path) -> None:
+        self.sim = sim
+        self.topology = Topology(prefix)
+        self.spool = tmp_path / "spool"
+        path = tmp_path / "bridge.toml"
+        path.write_text(config_text(prefix, sim.url, free_port(), self.spool))
+        self.bridge = BridgeProcess(path, tmp_path / "bridge.log")
+        self.message_ids: dict[str, str] = {}  # publishedObject.id -> message_id
+        self.order: list[str] = []
+
+    async def publish(self, channel: aio_pika.abc.AbstractChannel, n: int, sources: int) -> None:
+        # declared by us first, so the contacts wait in the queue before any bridge runs
+        await self.topology.declare(channel, [C])
+        exchange = await channel.get_exchange(self.topology.exchange, ensure=False)
+        for i in range(n):
+            po = f"po-{i % sources}-{i // sources}"
+            body = {
+                "type": "Post",
+                "source": {"id": f"src-{i % sources}", "type": "Person", "name": "P"},
+                "publishedObject": {"id": po, "content": f"message {i}"},
+                "destination": {"id": "page", "type": "Page", "name": "Page"},
+            }
+            mid = uuid.uuid4().hex
+            self.message_ids[po] = mid
+            self.order.append(po)
+            await exchange.publish(
+                aio_pika.Message(json.dumps(body).encode(), message_id=mid, delivery_mode=2),
+                self.topology.contact_new_key(C),
+            )
+
+    def accepted(self) -> list[str]:
+        return [b["publishedObject"]["id"] for b in self.sim.contacts(TITLE)]
+
+    def unique(self) -> int:
+        return len(set(self.accepted()))
+
+    def remembered(self) -> set[str]:
+        """Keys in the dedupe file the killed process left behind."""
+        path = self.spool / "dedupe" / C / FILE_NAME
+        keys = set()
+        for line in path.read_bytes().splitlines() if path.exists() else []:
+            with contextlib.suppress(ValueError):
+                keys.add(json.loads(line)[1])
+        return keys
+
+    async def kill_at(self, unique: int) -> set[str]:
+        """Start the bridge, SIGKILL it once OSCC has `unique` contacts; return the crash
+        window: contacts OSCC accepted whose key is not in the dedupe file."""
+        await self.bridge.start()
+        await self.sim.wait_for(lambda: self.unique() >= unique, timeout=60)
+        await self.bridge.kill()
+        # requests that reached the simulator before the kill are still answered (to
+        # nobody): wait until it has been quiet for a moment
+        await quiet(self.sim)
+        keys = self.remembered()
+        return {
+            po for po in set(self.accepted()) if f"contact:m:{self.message_ids[po]}" not in keys
+        }
+
+    def check(self, window: set[str]) -> tuple[int, int]:
+        """No contact lost; duplicates only from `window`; first sends in source order."""
+        got = self.accepted()
+        counts = collections.Counter(got)
+        lost = [po for po in self.order if po not in counts]
+        doubled = {po for po, k in counts.items() if k > 1}
+        assert lost == [], f"lost {len(lost)}: {lost[:10]}\n{self.bridge.tail()}"
+        assert doubled <= window, f"duplicates outside the crash window: {doubled - window}"
+        first: dict[str, list[int]] = collections.defaultdict(list)
+        for po in dict.fromkeys(got):  # first occurrences, in arrival order
+            src, seq = po.split("-")[1:]
+            first[src].append(int(seq))
+        for src, seqs in first.items():
+            assert seqs == sorted(seqs), f"source {src} reordered: {seqs}"
+        return len(window), len(doubled)
+
+
+async def quiet(sim: Simulator, for_: float = 0.3) -> None:
+    seen = -1
+    while len(sim.records) != seen:
+        seen = len(sim.records)
+        await asyncio.sleep(for_)
+
+
+@contextlib.asynccontextmanager
+async def world(prefix: str, tmp_path: Path) -> AsyncIterator[tuple[Run, Any]]:
+    # A killed bridge's session holds the connector (2 ALREADY_REGISTERED_ON) until it
+    # expires, as in OSCC: a short session_ttl keeps the restart quick.
+    sim = Simulator(connectors={TITLE: TOKEN}, port=0, agent=False, seed=0, session_ttl=2.0)
+    async with sim:
+        connection = await aio_pika.connect_robust(AMQP_URL)
+        run = Run(sim, prefix, tmp_path)
+        try:
+            channel = await connection.channel()
+            yield run, channel
+        finally:
+            if run.bridge.proc is not None and run.bridge.proc.returncode is None:
+                run.bridge.proc.kill()
+                await run.bridge.proc.wait()
+            with contextlib.suppress(Exception):
+                await run.topology.delete(await connection.channel(), [C])
+            await connection.close()
+
+
+async def queue_depth(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
+    q = await channel.declare_queue(name, passive=True)
+    return int(q.declaration_result.message_count or 0)
+
+
+async def test_sigkill_mid_stream_twice_nothing_lost_duplicates_only_in_the_crash_window(
+    prefix: str, tmp_path: Path
+) -> None:
+    n, sources = 2000, 50
+    async with world(prefix, tmp_path) as (run, channel):
+        await run.publish(channel, n, sources)
+        window: set[str] = set()
+        for at in (400, 1200):
+            window |= await run.kill_at(at)
+        await run.bridge.start()
+        await run.sim.wait_for(lambda: run.unique() == n, timeout=90)
+        await quiet(run.sim)
+        assert await run.bridge.stop() == 0, run.bridge.tail()
+        in_window, doubled = run.check(window)
+        # the window is bounded by what can be in flight at once (prefetch 64 per kill)
+        assert in_window <= 2 * 64
+        print(f"\n2 SIGKILLs: crash window {in_window} contacts, {doubled} sent twice")
+        assert await queue_depth(channel, run.topology.contact_queue(C)) == 0
+        assert await queue_depth(channel, run.topology.dead_queue(C)) == 0
+
+
+async def test_sigkill_while_paused_then_restart_delivers_each_contact_exactly_once(
+    prefix: str, tmp_path: Path
+) -> None:
+    """Killed while OSCC answers NOT_READY: 64 contacts are in flight (unacked) and none is
+    between OSCC's answer and the dedupe file, so the restart must send each exactly once."""
+    n, sources = 800, 20
+    async with world(prefix, tmp_path) as (run, channel):
+        await run.publish(channel, n, sources)
+        await run.bridge.start()
+        await run.sim.wait_for(lambda: run.unique() >= 300, timeout=60)
+        run.sim.faults.not_ready(3600)
+        await run.sim.wait_for(
+            lambda: run.sim.records and run.sim.records[-1].error_code == 7, timeout=10
+        )
+        await quiet(run.sim)  # only the prober's backoff calls now
+        assert run.sim.records[-1].error_code == 7
+        await run.bridge.kill()
+        accepted = set(run.accepted())
+        keys = run.remembered()
+        assert all(f"contact:m:{run.message_ids[po]}" in keys for po in accepted)
+        run.sim.faults.not_ready(0)
+        await run.bridge.start()
+        await run.sim.wait_for(lambda: run.unique() == n, timeout=60)
+        await quiet(run.sim)
+        assert await run.bridge.stop() == 0, run.bridge.tail()
+        assert run.check(set()) == (0, 0)
+        assert len(run.accepted()) == n
+        got = run.accepted()
+        for s in range(sources):
+            mine = [po for po in got if po.startswith(f"po-{s}-")]
+            assert mine == [f"po-{s}-{k}" for k in range(n // sources)]
+        assert await queue_depth(channel, run.topology.contact_queue(C)) == 0
+
+
+async def test_broker_restart_mid_stream_sends_each_contact_exactly_once(
+    prefix: str, tmp_path: Path
+) -> None:
+    """RabbitMQ stops under the running bridge: acks are lost, in-flight contacts come back
+    after the restart, and the dedupe store turns every one OSCC already has into an ack
+    without a call. The process never dies, so there is no crash window: exactly once."""
+    n, sources = 1500, 50
+    # The lock is held from the start: waiting for it mid-stream (another chaos test has
+    # the broker) would let the stream finish before the outage.
+    async with chaos_lock(), world(prefix, tmp_path) as (run, channel):
+        await run.publish(channel, n, sources)
+        await run.bridge.start()
+        await run.sim.wait_for(lambda: run.unique() >= 400, timeout=60)
+        async with broker_outage():
+            at_stop = run.unique()
+            await asyncio.sleep(2.0)
+        await run.sim.wait_for(lambda: run.unique() == n, timeout=120)
+        await quiet(run.sim)
+        assert at_stop < n, "the outage came too late to matter"
+        assert await run.bridge.stop() == 0, run.bridge.tail()
+        assert run.check(set()) == (0, 0)
+        assert len(run.accepted()) == n  # not one contact twice
+        assert await queue_depth(channel, run.topology.contact_queue(C)) == 0
+        assert await queue_depth(channel, run.topology.dead_queue(C)) == 0
