@@ -240,8 +240,10 @@ class Consumer(Service):
         unacked message at the head of its queue, in order)."""
         self._stopping.set()
         for queue, tag in self._consumers:
-            with contextlib.suppress(AMQPError, ChannelInvalidStateError, RuntimeError):
-                await queue.cancel(tag)
+            with contextlib.suppress(
+                AMQPError, ChannelInvalidStateError, RuntimeError, TimeoutError
+            ):
+                await queue.cancel(tag, timeout=self.config.broker.confirm_timeout)
         self._consumers.clear()
         # Lanes waiting (gate, backoff, token) have sent nothing for their message: stop
         # them now. Busy ones get the drain timeout to hear OSCC's answer and ack.
@@ -432,9 +434,13 @@ class Consumer(Service):
         return ceiling / 2 + self._rng.uniform(0.0, ceiling / 2)
 
     async def _ack(self, work: _Work) -> None:
+        # Bounded: an ack sent just as the connection dies can wait for ever in aiormq's
+        # write queue of the dead connection (nothing drains it), and would hold its
+        # lane, and every message of that source after it, for good.
         try:
-            await work.message.ack()
-        except (AMQPError, ChannelInvalidStateError, RuntimeError) as exc:
+            async with asyncio.timeout(self.config.broker.confirm_timeout):
+                await work.message.ack()
+        except (AMQPError, ChannelInvalidStateError, RuntimeError, TimeoutError) as exc:
             # The broker redelivers it; the dedupe store turns that into a duplicate.
             work.log.warning("consumer.ack_failed", error=repr(exc))
 

@@ -34,6 +34,7 @@ from bridge.config import (
 )
 from bridge.topology import Topology
 from tests.conftest import AMQP_URL
+from tests.harness import message_count
 
 FB_TITLE, FB_TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
 
@@ -243,10 +244,9 @@ async def running_bridge(config: Config) -> AsyncIterator[Bridge]:
 
 
 async def queue_depth(connection: AbstractRobustConnection, name: str) -> int:
-    """Ready messages in queue `name` (passive declare)."""
+    """Ready messages in queue `name`."""
     channel = await connection.channel()
     try:
-        queue = await channel.declare_queue(name, passive=True)
-        return int(queue.declaration_result.message_count or 0)
+        return await message_count(channel, name)
     finally:
         await channel.close()

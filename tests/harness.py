@@ -227,6 +227,18 @@ class BridgeProcess:
 # --- broker chaos ------------------------------------------------------------------------
 
 
+async def message_count(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
+    """Ready messages in `queue`, asked of the broker now (raises when it does not exist).
+
+    Not ``declare_queue(name, passive=True)``: on a robust channel aio-pika answers that
+    from its cache when the channel declared the queue before, with the count of that
+    declaration or of the last reconnect's, and a test would count yesterday's queue.
+    """
+    underlay = await channel.get_underlay_channel()
+    declared = await underlay.queue_declare(queue, passive=True)
+    return int(declared.message_count or 0)
+
+
 async def rabbitmqctl(*args: str, within: float = 120.0) -> None:
     """Run ``rabbitmqctl ARGS``; RuntimeError when it fails."""
     proc = await asyncio.create_subprocess_exec(

@@ -66,6 +66,7 @@ from bridge.session import SessionSupervisor
 from bridge.simulator import Simulator
 from bridge.spool import Spool
 from bridge.topology import Topology
+from tests.harness import message_count
 
 _R = TypeVar("_R")
 
@@ -724,8 +725,7 @@ class ConsumerHarness:
         return dead
 
     async def pending(self) -> int:
-        queue = await self.channel.declare_queue(self.topology.contact_queue(C), passive=True)
-        return int(queue.declaration_result.message_count or 0)
+        return await message_count(self.channel, self.topology.contact_queue(C))
 
 
 @pytest.fixture

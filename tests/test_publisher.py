@@ -25,7 +25,7 @@ from bridge.metrics import Metrics
 from bridge.publisher import Publisher
 from bridge.spool import Spool, SpoolRecord
 from bridge.topology import Topology, message, properties
-from tests.harness import close_connections_named, sample, wait_for
+from tests.harness import close_connections_named, message_count, sample, wait_for
 
 C = "facebook"
 
@@ -134,7 +134,7 @@ async def test_topology_is_declared_and_unrouted_messages_are_kept(
             topology.stream_response_queue(C),
             topology.dead_queue(C),
         ):
-            await channel.declare_queue(name, passive=True)
+            await message_count(channel, name)
         await pub.publish(f"{C}.event.nobody-listens", b'{"n": 7}', connector=C)
         unrouted = await channel.declare_queue(topology.unrouted, passive=True)
         m = await unrouted.get(no_ack=True, timeout=5)
@@ -197,7 +197,7 @@ async def test_lost_connection_spools_then_redeclares_and_replays_in_order(
         assert sample(metrics, "spool_replayed_total") == outcomes.count("spooled")
         assert sample(metrics, "spool_messages") == 0
         # Declared again after the reconnect.
-        await channel.declare_queue(topology.contact_queue(C), passive=True)
+        await message_count(channel, topology.contact_queue(C))
         assert pub.connected
 
 

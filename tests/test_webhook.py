@@ -31,7 +31,7 @@ from bridge.publisher import Publisher
 from bridge.spool import Spool
 from bridge.topology import Topology
 from bridge.webhook import add_routes, server_options
-from tests.harness import close_connections_named, sample, wait_for
+from tests.harness import close_connections_named, message_count, sample, wait_for
 
 GUIDE = Path(__file__).resolve().parent / "data" / "guide"
 FB, MAIL = "facebook", "email"
@@ -99,9 +99,10 @@ class Ingress:
 
     async def unrouted(self) -> int:
         channel = await self.amqp.channel()
-        queue = await channel.declare_queue(self.topology.unrouted, passive=True)
-        await channel.close()
-        return int(queue.declaration_result.message_count or 0)
+        try:
+            return await message_count(channel, self.topology.unrouted)
+        finally:
+            await channel.close()
 
 
 @contextlib.asynccontextmanager
@@ -367,8 +368,7 @@ async def assert_nothing_published_and_still_healthy(ingress: Ingress) -> None:
             ingress.topology.stream_response_queue(c),
             ingress.topology.dead_queue(c),
         ):
-            q = await channel.declare_queue(name, passive=True)
-            assert q.declaration_result.message_count == 0, name
+            assert await message_count(channel, name) == 0, name
     await channel.close()
 
 

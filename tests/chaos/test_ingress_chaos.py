@@ -31,7 +31,7 @@ from bridge.publisher import Publisher
 from bridge.spool import Spool
 from bridge.topology import Topology
 from bridge.webhook import add_routes, server_options
-from tests.harness import broker_up, rabbitmqctl
+from tests.harness import broker_up, message_count, rabbitmqctl
 
 pytestmark = pytest.mark.chaos
 
@@ -137,13 +137,13 @@ async def drain(queue_name: str, expected: int, within: float = 120.0) -> list[t
         channel = await connection.channel()
         deadline = time.monotonic() + within
         while True:
-            queue = await channel.declare_queue(queue_name, passive=True)
-            count = queue.declaration_result.message_count or 0
+            count = await message_count(channel, queue_name)
             if count >= expected or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)  # a duplicate would be right behind
         bodies = []
+        queue = await channel.declare_queue(queue_name, passive=True)
         while (m := await queue.get(no_ack=True, fail=False)) is not None:
             bodies.append((json.loads(m.body)["seq"], m.message_id or ""))
         return bodies

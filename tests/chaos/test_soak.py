@@ -64,6 +64,7 @@ from harness import (
 
 from bridge.simulator import Simulator, WebhookCall
 from bridge.topology import Topology
+from tests.harness import message_count
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 RATE = float(os.environ.get("SOAK_RATE", "20"))  # contacts per second, all sources together
@@ -495,8 +496,7 @@ def keepalives(sim: Simulator) -> int:
 
 
 async def depth(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
-    q = await channel.declare_queue(queue, passive=True)
-    return int(q.declaration_result.message_count or 0)
+    return await message_count(channel, queue)
 
 
 async def peek(channel: aio_pika.abc.AbstractChannel, queue: str, n: int = 5) -> list[str]:
