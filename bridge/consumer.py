@@ -266,8 +266,11 @@ class Consumer(Service):
     async def _close_channels(self) -> None:
         channels, self._channels = self._channels, []
         for channel in reversed(channels):
+            # Bounded for the same reason as `_ack`: on a connection that just died the
+            # close frame may never be written.
             with contextlib.suppress(Exception):
-                await channel.close()
+                async with asyncio.timeout(self.config.broker.confirm_timeout):
+                    await channel.close()
 
     # -- delivery: decode and put in a lane --------------------------------------------
 
