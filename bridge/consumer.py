@@ -12,11 +12,12 @@ For each message of ``<p>.<c>.contact.new`` and ``<p>.<c>.stream.response``::
                                                 capped backoff + jitter, the rest wait
 
 Ordering: messages with the same key (a contact's ``source.id``, a stream response's
-``id``) go through one *lane*, a FIFO worked by one task; different keys run in parallel,
-bounded by the channel's prefetch. Nothing is nacked with requeue: on a quorum queue that
-puts the message at the tail, behind its successors. Unfinished messages are instead left
-unacked and returned by closing the channel, which puts them back at the head, in order
-(classic and quorum queues alike; tests/test_consumer.py checks both).
+``id``) go through one *lane* (`bridge.lanes`), a FIFO worked by one task; different keys
+run in parallel, bounded by the channel's prefetch. Nothing is nacked with requeue: on a
+quorum queue that puts the message at the tail, behind its successors. Unfinished
+messages are instead left unacked and returned by closing the channel, which puts them
+back at the head, in order (classic and quorum queues alike; tests/test_consumer.py
+checks both).
 
 The message's key (AMQP ``message_id``, else ``publishedObject.id``) is fsync'd to the
 DedupeStore after OSCC answered 0 and before the ack, so a redelivery after a crash is
@@ -31,9 +32,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aio_pika.abc import (
@@ -48,6 +48,7 @@ from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 from bridge import errors
 from bridge.config import Config, ConnectorConfig
 from bridge.dedupe import DedupeStore
+from bridge.lanes import Gate, Lane, Lanes
 from bridge.lifecycle import Service
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
@@ -101,41 +102,6 @@ class _Work:
                 context["source_id"] = self.ids["sourceId"]
             self._log = self.base_log.bind(**context)
         return self._log
-
-
-@dataclass(eq=False, slots=True)
-class _Lane:
-    works: deque[_Work] = field(default_factory=deque)
-    busy: bool = False  # between "about to call OSCC" and the ack: not cancelled early
-    task: asyncio.Task[None] | None = None
-
-
-class _Gate:
-    """Open while OSCC answers. The first message to see a transient failure becomes the
-    prober and retries with backoff; every other message waits here until it succeeds,
-    so an outage costs one request per backoff step, not one per message."""
-
-    def __init__(self) -> None:
-        self._open = asyncio.Event()
-        self._open.set()
-        self._prober: object | None = None
-
-    async def wait(self, who: object) -> None:
-        while self._prober is not None and self._prober is not who:
-            await self._open.wait()
-
-    def failed(self, who: object) -> bool:
-        """Report a transient failure; True when `who` is (now) the prober."""
-        if self._prober is None:
-            self._prober = who
-            self._open.clear()
-        return self._prober is who
-
-    def release(self, who: object) -> None:
-        """OSCC answered `who` (or `who` gave up): let everyone through again."""
-        if self._prober is who:
-            self._prober = None
-            self._open.set()
 
 
 class Consumer(Service):
@@ -197,12 +163,12 @@ class Consumer(Service):
             k.name: metrics.forwards.labels(c, k.name, "accepted") for k in self._kinds
         }
         self._queue_wait = {k.name: metrics.queue_wait.labels(c, k.name) for k in self._kinds}
-        self._gate = _Gate()
-        self._lanes: dict[object, _Lane] = {}
+        self._stopping = asyncio.Event()
+        self._gate = Gate()
+        self._lanes: Lanes[_Work] = Lanes(self._work, self._stopping)
         self._channels: list[AbstractChannel] = []
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._dead: AbstractExchange | None = None
-        self._stopping = asyncio.Event()
         self._log = get_logger("bridge.consumer", connector=c)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -247,17 +213,8 @@ class Consumer(Service):
         self._consumers.clear()
         # Lanes waiting (gate, backoff, token) have sent nothing for their message: stop
         # them now. Busy ones get the drain timeout to hear OSCC's answer and ack.
-        for lane in list(self._lanes.values()):
-            if not lane.busy and lane.task is not None:
-                lane.task.cancel()
-        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.drain_timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if pending:
-                self._log.warning("consumer.drain_timeout", unfinished=len(pending))
+        if unfinished := await self._lanes.drain(self.drain_timeout):
+            self._log.warning("consumer.drain_timeout", unfinished=unfinished)
         await self._close_channels()
         if self._owns_dedupe:
             await self._dedupe.aclose()
@@ -291,13 +248,7 @@ class Consumer(Service):
             sent = sent if sent.tzinfo else sent.replace(tzinfo=dt.UTC)
             wait = (dt.datetime.now(dt.UTC) - sent).total_seconds()
             self._queue_wait[kind.name].observe(max(0.0, wait))
-        key: object = (kind.name, work.order_key) if work.order_key is not None else object()
-        lane = self._lanes.get(key)
-        if lane is not None:
-            lane.works.append(work)
-            return
-        lane = self._lanes[key] = _Lane(deque([work]))
-        lane.task = asyncio.create_task(self._run_lane(key, lane), name=f"lane:{kind.name}")
+        self._lanes.add(None if work.order_key is None else (kind.name, work.order_key), work)
 
     def _decode(self, kind: _Kind, message: AbstractIncomingMessage) -> _Work:
         parsed: codec.Parsed[Any] | None = None
@@ -324,28 +275,19 @@ class Consumer(Service):
         dedupe_key = key_of(kind.name, message.message_id, ids.get("publishedObjectId"))
         return _Work(kind, message, parsed, error, order_key, dedupe_key, ids, self._log)
 
-    async def _run_lane(self, key: object, lane: _Lane) -> None:
+    async def _work(self, work: _Work, lane: Lane[_Work]) -> None:
         try:
-            while lane.works and not self._stopping.is_set():
-                work = lane.works[0]
-                try:
-                    await self._process(work, lane)
-                except _Abandoned as exc:
-                    work.log.info("consumer.abandoned", why=str(exc))
-                except Exception:
-                    # Unexpected: leave it unacked (redelivered on reconnect or restart)
-                    # rather than lose it, and keep the lane moving.
-                    work.log.exception("consumer.failed")
-                finally:
-                    lane.busy = False
-                lane.works.popleft()
-        finally:
-            if self._lanes.get(key) is lane:
-                del self._lanes[key]
+            await self._process(work, lane)
+        except _Abandoned as exc:
+            work.log.info("consumer.abandoned", why=str(exc))
+        except Exception:
+            # Unexpected: leave it unacked (redelivered on reconnect or restart) rather
+            # than lose it, and keep the lane moving.
+            work.log.exception("consumer.failed")
 
     # -- one message -----------------------------------------------------------------
 
-    async def _process(self, work: _Work, lane: _Lane) -> None:
+    async def _process(self, work: _Work, lane: Lane[_Work]) -> None:
         c, kind = self.connector.name, work.kind.name
         if work.error is not None:
             lane.busy = True
@@ -379,7 +321,7 @@ class Consumer(Service):
             # the message unacked would make one (a second newContact) more likely.
             work.log.error("consumer.dedupe_failed", error=str(exc))
 
-    async def _send(self, work: _Work, lane: _Lane) -> models.Answer:
+    async def _send(self, work: _Work, lane: Lane[_Work]) -> models.Answer:
         """POST until OSCC answers 0 (returned) or 11/12/13 (Rejected raised)."""
         assert work.parsed is not None
         body = codec.encode(work.parsed.body)

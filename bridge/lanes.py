@@ -1,0 +1,128 @@
+"""Ordering and flow control for the consumer: per-key lanes and the outage gate.
+
+Lanes: items with the same key (a contact's ``source.id``, a stream response's ``id``) are
+worked one after the other, in the order they were added, by one task per key; different
+keys run in parallel. A lane exists while it has work, so the number of tasks is bounded
+by what is in flight (the channel's prefetch)::
+
+    lanes.add("src-1", a); lanes.add("src-2", b); lanes.add("src-1", c)
+    #  src-1: a, then c        src-2: b        (a and b at the same time)
+
+Draining (`Lanes.drain`): lanes that are not *busy* (busy = the worker has sent something
+it must hear back about) are cancelled at once; busy ones get a timeout to finish.
+
+The gate (`Gate`): open while OSCC answers. The first item to see a transient failure
+becomes the prober and retries with backoff; every other item waits at the gate until the
+prober succeeds, so an outage costs one request per backoff step, not one per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False, slots=True)
+class Lane(Generic[T]):
+    """One key's FIFO; `busy` is set by the worker while the head must not be cancelled."""
+
+    items: deque[T] = field(default_factory=deque)
+    busy: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class Lanes(Generic[T]):
+    """Per-key FIFO lanes, each worked by ``await work(item, lane)``.
+
+    `work` handles its own errors (an exception escaping it is the worker's bug: it ends
+    the lane's task, logged by asyncio). Once `stopping` is set no lane starts another
+    item.
+    """
+
+    def __init__(
+        self,
+        work: Callable[[T, Lane[T]], Awaitable[None]],
+        stopping: asyncio.Event,
+        *,
+        name: str = "lane",
+    ) -> None:
+        self._work = work
+        self._stopping = stopping
+        self._name = name
+        self._lanes: dict[object, Lane[T]] = {}
+
+    def __len__(self) -> int:
+        """Lanes with work."""
+        return len(self._lanes)
+
+    def add(self, key: Hashable | None, item: T) -> None:
+        """Queue `item` behind the other items of `key`; None: a lane of its own."""
+        lane_key: object = key if key is not None else object()
+        lane = self._lanes.get(lane_key)
+        if lane is not None:
+            lane.items.append(item)
+            return
+        lane = self._lanes[lane_key] = Lane(deque([item]))
+        lane.task = asyncio.create_task(self._run(lane_key, lane), name=self._name)
+
+    async def _run(self, key: object, lane: Lane[T]) -> None:
+        try:
+            while lane.items and not self._stopping.is_set():
+                try:
+                    await self._work(lane.items[0], lane)
+                finally:
+                    lane.busy = False
+                lane.items.popleft()
+        finally:
+            if self._lanes.get(key) is lane:
+                del self._lanes[key]
+
+    async def drain(self, timeout: float) -> int:  # noqa: ASYNC109 (a budget, not a deadline)
+        """Cancel the lanes that are not busy, give busy ones `timeout` seconds, cancel
+        what is left; return how many were cut short."""
+        for lane in list(self._lanes.values()):
+            if not lane.busy and lane.task is not None:
+                lane.task.cancel()
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if not tasks:
+            return 0
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(pending)
+
+
+class Gate:
+    """Open while OSCC answers; closed behind the one prober while it does not."""
+
+    def __init__(self) -> None:
+        self._open = asyncio.Event()
+        self._open.set()
+        self._prober: object | None = None
+
+    async def wait(self, who: object) -> None:
+        """Return when the gate is open, or when `who` is the prober."""
+        while self._prober is not None and self._prober is not who:
+            await self._open.wait()
+
+    def failed(self, who: object) -> bool:
+        """Report a transient failure; True when `who` is (now) the prober."""
+        if self._prober is None:
+            self._prober = who
+            self._open.clear()
+        return self._prober is who
+
+    def release(self, who: object) -> None:
+        """OSCC answered `who` (or `who` gave up): let everyone through again."""
+        if self._prober is who:
+            self._prober = None
+            self._open.set()
+
+
+__all__ = ["Gate", "Lane", "Lanes"]
