@@ -20,7 +20,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from bridge.app import Bridge
 from bridge.config import (
@@ -34,7 +34,6 @@ from bridge.config import (
 )
 from bridge.topology import Topology
 from tests.conftest import AMQP_URL
-from tests.harness import message_count
 
 FB_TITLE, FB_TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
 
@@ -241,12 +240,3 @@ async def running_bridge(config: Config) -> AsyncIterator[Bridge]:
             yield bridge
     finally:
         await delete_topology(AMQP_URL, topology, [c.name for c in config.connectors])
-
-
-async def queue_depth(connection: AbstractRobustConnection, name: str) -> int:
-    """Ready messages in queue `name`."""
-    channel = await connection.channel()
-    try:
-        return await message_count(channel, name)
-    finally:
-        await channel.close()

@@ -227,16 +227,22 @@ class BridgeProcess:
 # --- broker chaos ------------------------------------------------------------------------
 
 
-async def message_count(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
+async def message_count(queue: str) -> int:
     """Ready messages in `queue`, asked of the broker now (raises when it does not exist).
 
-    Not ``declare_queue(name, passive=True)``: on a robust channel aio-pika answers that
-    from its cache when the channel declared the queue before, with the count of that
-    declaration or of the last reconnect's, and a test would count yesterday's queue.
+    On a connection of its own, and not with ``declare_queue(name, passive=True)``: on a
+    robust channel aio-pika answers that from its cache when the channel declared the
+    queue before (with the count of that declaration, or of the last reconnect's), and
+    right after a reconnect a robust channel may still hold its closed predecessor.
     """
-    underlay = await channel.get_underlay_channel()
-    declared = await underlay.queue_declare(queue, passive=True)
-    return int(declared.message_count or 0)
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        underlay = await channel.get_underlay_channel()
+        declared = await underlay.queue_declare(queue, passive=True)
+        return int(declared.message_count or 0)
+    finally:
+        await connection.close()
 
 
 async def rabbitmqctl(*args: str, within: float = 120.0) -> None:

@@ -32,12 +32,12 @@ from tests.bridge_harness import (
     make_config,
     new_contact,
     publish_json,
-    queue_depth,
     running_bridge,
     wait_http,
     wait_until,
 )
 from tests.conftest import AMQP_URL
+from tests.harness import message_count
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -251,7 +251,7 @@ async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(
         assert len(published) == LOAD
         print(f"stopped in {took:.2f} s; at OSCC {len(at_oscc)}, webhooks {len(sim.webhook_calls)}")
         queue_name = topology.contact_queue("fb")
-        depth = await queue_depth(amqp, queue_name)
+        depth = await message_count(queue_name)
         assert len(at_oscc) + depth == LOAD, (len(at_oscc), depth)
         assert agent_busy, "the agent had finished before SIGTERM: no webhooks in flight"
         # nothing is left unacked or in flight: the count is stable, a new consumer gets all
@@ -263,9 +263,9 @@ async def test_sigterm_under_load_exits_cleanly_and_loses_nothing(
             await msg.ack()
         assert len(left) == depth
         assert sorted(left + at_oscc) == sorted(published)
-        assert await queue_depth(amqp, queue_name) == 0
+        assert await message_count(queue_name) == 0
         # and nothing was dead-lettered on the way
-        assert await queue_depth(amqp, topology.dead_queue("fb")) == 0
+        assert await message_count(topology.dead_queue("fb")) == 0
 
         # OSCC never got a 5xx from the webhook (refused connections after exit are fine:
         # OSCC retries those like any unreachable connector)

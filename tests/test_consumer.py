@@ -270,7 +270,7 @@ async def test_1000_contacts_from_50_sources_arrive_once_in_order_through_faults
         assert len(registrations) == 3  # the first, plus one per drop: single-flight
         assert b.counter("forwards_total", connector=C, kind="contact", outcome="accepted") == n
         # every message acked: nothing left in the queue, nothing unacked
-        assert await message_count(b.channel, b.topology.contact_queue(C)) == 0
+        assert await message_count(b.topology.contact_queue(C)) == 0
 
 
 async def test_not_ready_pauses_instead_of_hammering(prefix: str, tmp_path: Path) -> None:
@@ -636,7 +636,7 @@ async def test_drain_leaves_unfinished_messages_at_the_head_in_order(
         name = b.topology.contact_queue(C)
 
         async def depth() -> int:
-            return await message_count(b.channel, name)
+            return await message_count(name)
 
         deadline = asyncio.get_running_loop().time() + 10
         while await depth() < len(ids):

@@ -725,7 +725,7 @@ class ConsumerHarness:
         return dead
 
     async def pending(self) -> int:
-        return await message_count(self.channel, self.topology.contact_queue(C))
+        return await message_count(self.topology.contact_queue(C))
 
 
 @pytest.fixture

@@ -134,7 +134,7 @@ async def test_topology_is_declared_and_unrouted_messages_are_kept(
             topology.stream_response_queue(C),
             topology.dead_queue(C),
         ):
-            await message_count(channel, name)
+            await message_count(name)
         await pub.publish(f"{C}.event.nobody-listens", b'{"n": 7}', connector=C)
         unrouted = await channel.declare_queue(topology.unrouted, passive=True)
         m = await unrouted.get(no_ack=True, timeout=5)
@@ -197,7 +197,7 @@ async def test_lost_connection_spools_then_redeclares_and_replays_in_order(
         assert sample(metrics, "spool_replayed_total") == outcomes.count("spooled")
         assert sample(metrics, "spool_messages") == 0
         # Declared again after the reconnect.
-        await message_count(channel, topology.contact_queue(C))
+        await message_count(topology.contact_queue(C))
         assert pub.connected
 
 

@@ -254,10 +254,6 @@ async def world(prefix: str, tmp_path: Path) -> AsyncIterator[tuple[Run, Any]]:
             await connection.close()
 
 
-async def queue_depth(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
-    return await message_count(channel, name)
-
-
 async def test_sigkill_mid_stream_twice_nothing_lost_duplicates_only_in_the_crash_window(
     prefix: str, tmp_path: Path
 ) -> None:
@@ -275,8 +271,8 @@ async def test_sigkill_mid_stream_twice_nothing_lost_duplicates_only_in_the_cras
         # the window is bounded by what can be in flight at once (prefetch 64 per kill)
         assert in_window <= 2 * 64
         print(f"\n2 SIGKILLs: crash window {in_window} contacts, {doubled} sent twice")
-        assert await queue_depth(channel, run.topology.contact_queue(C)) == 0
-        assert await queue_depth(channel, run.topology.dead_queue(C)) == 0
+        assert await message_count(run.topology.contact_queue(C)) == 0
+        assert await message_count(run.topology.dead_queue(C)) == 0
 
 
 async def test_sigkill_while_paused_then_restart_delivers_each_contact_exactly_once(
@@ -310,7 +306,7 @@ async def test_sigkill_while_paused_then_restart_delivers_each_contact_exactly_o
         for s in range(sources):
             mine = [po for po in got if po.startswith(f"po-{s}-")]
             assert mine == [f"po-{s}-{k}" for k in range(n // sources)]
-        assert await queue_depth(channel, run.topology.contact_queue(C)) == 0
+        assert await message_count(run.topology.contact_queue(C)) == 0
 
 
 @pytest.mark.timeout(300)  # a broker stop and start can take a minute on a busy machine
@@ -337,7 +333,7 @@ async def test_broker_restart_mid_stream_sends_each_contact_exactly_once(
         # What the bridge had not acked when it stopped is back in the queue: contacts OSCC
         # already has. Counted with no consumer attached, every one must come back as a
         # duplicate on the next run, and not one may reach OSCC again.
-        left = await queue_depth(channel, run.topology.contact_queue(C))
+        left = await message_count(run.topology.contact_queue(C))
         await run.bridge.start()
         deadline = asyncio.get_running_loop().time() + 60
         while (seen := await run.duplicates()) < left:
@@ -350,5 +346,5 @@ async def test_broker_restart_mid_stream_sends_each_contact_exactly_once(
         print(f"\nbroker restart: {left} contacts still queued at the stop, all duplicates")
         assert run.check(set()) == (0, 0)
         assert len(run.accepted()) == n  # not one contact twice
-        assert await queue_depth(channel, run.topology.contact_queue(C)) == 0
-        assert await queue_depth(channel, run.topology.dead_queue(C)) == 0
+        assert await message_count(run.topology.contact_queue(C)) == 0
+        assert await message_count(run.topology.dead_queue(C)) == 0

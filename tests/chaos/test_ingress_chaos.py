@@ -137,7 +137,7 @@ async def drain(queue_name: str, expected: int, within: float = 120.0) -> list[t
         channel = await connection.channel()
         deadline = time.monotonic() + within
         while True:
-            count = await message_count(channel, queue_name)
+            count = await message_count(queue_name)
             if count >= expected or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)

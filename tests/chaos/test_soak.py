@@ -408,9 +408,9 @@ async def soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                 sampler.cancel()
                 sim.faults.clear()
             exit_code = await bridge.stop()
-            unrouted = await depth(channel, topology.unrouted)
+            unrouted = await message_count(topology.unrouted)
             unrouted_keys = await peek(channel, topology.unrouted)
-            dead = await depth(channel, topology.dead_queue(C))
+            dead = await message_count(topology.dead_queue(C))
             report, failures = judge(run, sim, unrouted, unrouted_keys, dead)
             report += (
                 f"\ntraffic {traffic_seconds:.0f} s, settled: {settled}; final SIGTERM exit "
@@ -493,10 +493,6 @@ def stream_response_ids(sim: Simulator) -> set[str]:
 
 def keepalives(sim: Simulator) -> int:
     return sum(1 for r in sim.records if r.endpoint in ("keepalive", "registerConnector"))
-
-
-async def depth(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
-    return await message_count(channel, queue)
 
 
 async def peek(channel: aio_pika.abc.AbstractChannel, queue: str, n: int = 5) -> list[str]:
