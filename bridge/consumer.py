@@ -205,11 +205,15 @@ class Consumer(Service):
         `drain_timeout`), give up the rest, close the channels (the broker requeues every
         unacked message at the head of its queue, in order)."""
         self._stopping.set()
-        for queue, tag in self._consumers:
-            with contextlib.suppress(
-                AMQPError, ChannelInvalidStateError, RuntimeError, TimeoutError
-            ):
-                await queue.cancel(tag, timeout=self.config.broker.confirm_timeout)
+        # With the broker away there is nothing to cancel: the connection took the
+        # consumers with it, and aio-pika's cancel would wait for it to come back.
+        if self._publisher.connected:
+            for queue, tag in self._consumers:
+                with contextlib.suppress(
+                    AMQPError, ChannelInvalidStateError, RuntimeError, TimeoutError
+                ):
+                    async with asyncio.timeout(self.config.broker.confirm_timeout):
+                        await queue.cancel(tag)
         self._consumers.clear()
         # Lanes waiting (gate, backoff, token) have sent nothing for their message: stop
         # them now. Busy ones get the drain timeout to hear OSCC's answer and ack.
