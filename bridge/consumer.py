@@ -402,7 +402,13 @@ class Consumer(Service):
         code, text, reason = rejection(exc, by_oscc=by_oscc)
         copy, key = dead_letter(work.message, c, work.kind.routing_key, code, reason)
         timeout = self.config.broker.confirm_timeout
-        await self._retrying(work, lambda: dead.publish(copy, key, timeout=timeout))
+
+        async def publish() -> None:
+            # aio-pika's own timeout starts only once the connection is back.
+            async with asyncio.timeout(timeout):
+                await dead.publish(copy, key, timeout=timeout)
+
+        await self._retrying(work, publish)
         self._metrics.dead_letters.labels(c, text).inc()
         self._metrics.forwards.labels(c, work.kind.name, "rejected").inc()
         work.log.warning("consumer.dead_lettered", error_code=code, reason=reason)

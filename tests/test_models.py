@@ -1142,3 +1142,19 @@ def test_normalize_is_idempotent(case: tuple[dict[str, Any], bytes]) -> None:
     once = codec.normalize(json.loads(sent), m.NewContact)
     assert codec.normalize(once, m.NewContact) == once
     assert codec.normalize(copy.deepcopy(once), m.NewContact) == once
+
+
+@pytest.mark.parametrize("shape", ["list", "object"])
+def test_json_nesting_is_bounded_at_max_depth(shape: str) -> None:
+    def nested(levels: int) -> bytes:
+        value: object = 1
+        for _ in range(levels):
+            value = [value] if shape == "list" else {"a": value}
+        return json.dumps(value).encode()
+
+    assert codec.decode_json(nested(codec.MAX_DEPTH)) is not None
+    with pytest.raises(Rejected) as exc:
+        codec.decode_json(nested(codec.MAX_DEPTH + 1))
+    assert exc.value.code == 11
+    assert f"deeper than {codec.MAX_DEPTH}" in exc.value.text
+    assert codec.decode_json(b"5") == 5  # a bare scalar nests nothing

@@ -667,6 +667,25 @@ async def test_json_bombs_answer_400(ingress: Ingress) -> None:
     await ingress.healthy()
 
 
+async def test_nesting_is_bounded_at_a_fixed_depth_not_at_the_stack(ingress: Ingress) -> None:
+    """The decoder alone stops at the interpreter's recursion limit from wherever it
+    runs: a body the webhook could decode was published, and then failed to decode in a
+    subscriber with a deeper stack (found by the fuzz suite). codec.MAX_DEPTH is the same
+    everywhere: one level more is 400, the limit itself still goes through."""
+
+    def held(levels: int) -> dict[str, object]:
+        deep: object = 1
+        for _ in range(levels - 1):  # the event object itself is the first level
+            deep = [deep]
+        return event(7, extra=deep)
+
+    status, data, _ = await ingress.post(f"/webhook/{FB}", held(codec.MAX_DEPTH + 1))
+    assert (status, json.loads(data)) == (400, WRONG)
+    status, _, _ = await ingress.post(f"/webhook/{FB}", held(codec.MAX_DEPTH))
+    assert status == 200
+    await ingress.healthy()
+
+
 async def test_long_header_values_do_not_kill_the_broker_connection(ingress: Ingress) -> None:
     """Ids OSCC sends become AMQP headers. A header table larger than the broker's frame
     size (128 KiB) makes RabbitMQ close the whole connection; spooled, the message would

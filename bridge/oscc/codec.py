@@ -231,6 +231,7 @@ def utc_now_iso() -> str:
 # Decoding entry points
 
 _json_decoder = msgspec.json.Decoder()
+MAX_DEPTH = 64  # levels of objects and arrays a body may nest (the guide's go to 5)
 _json_encoder = msgspec.json.Encoder()
 
 
@@ -250,14 +251,38 @@ def encode(body: Any) -> bytes:
 
 
 def decode_json(data: bytes | str) -> Any:
-    """Decode JSON; Rejected(11) when it is not JSON."""
+    """Decode JSON; Rejected(11) when it is not JSON, or nested deeper than MAX_DEPTH."""
     try:
-        return _json_decoder.decode(data)
+        value = _json_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         # msgspec raises UnicodeDecodeError, not DecodeError, for a UTF-8-encoded
         # surrogate in a string (b'"\xed\xa0\x80"'), and RecursionError for nesting
         # deeper than the interpreter's limit (a JSON bomb): not JSON we can take either.
         raise Rejected(f"not JSON: {exc}", code=ErrorCode.WRONG_API_REQUEST) from exc
+    _check_depth(value)
+    return value
+
+
+def _check_depth(value: Any) -> None:
+    """Rejected(11) when `value` nests objects/arrays deeper than MAX_DEPTH.
+
+    The decoder's own bound is the interpreter's recursion limit *from where it is
+    called*: a body the webhook could just decode would then be published, and fail to
+    decode in a subscriber whose stack is deeper (the fuzz suite found one). A fixed
+    bound, far above any object of the guide (5 levels), holds everywhere.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= MAX_DEPTH:
+                    raise Rejected(
+                        f"JSON nested deeper than {MAX_DEPTH} levels",
+                        code=ErrorCode.WRONG_API_REQUEST,
+                    )
+                stack.append((child, depth + 1))
 
 
 def convert(raw: Any, cls: type[_T]) -> Parsed[_T]:
