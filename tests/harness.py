@@ -83,6 +83,7 @@ def bridge_config(
     prefetch: int = 64,
     confirm_timeout: float = 5.0,
     log_level: str = "info",
+    listen_for_events: bool = True,
 ) -> str:
     """TOML for a bridge on 127.0.0.1:`port` with exchange `prefix`; connectors are
     (name, title, token)."""
@@ -116,6 +117,7 @@ format = "json"
 name = "{name}"
 title = "{title}"
 token = "{token}"
+listen_for_events = {str(listen_for_events).lower()}
 """
     return text
 

@@ -18,8 +18,6 @@ import collections
 import contextlib
 import json
 import signal
-import socket
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -34,87 +32,19 @@ from bridge.dedupe import FILE_NAME
 from bridge.simulator import Simulator
 from bridge.topology import Topology
 from tests.conftest import AMQP_URL
-from tests.harness import broker_outage, chaos_lock, message_count
+from tests.harness import (
+    BridgeProcess,
+    bridge_config,
+    broker_outage,
+    chaos_lock,
+    free_port,
+    message_count,
+)
 
 pytestmark = pytest.mark.chaos
 
 C = "fb"
 TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def config_text(prefix: str, oscc_url: str, port: int, spool: Path) -> str:
-    return f"""
-[broker]
-url = "{AMQP_URL}"
-exchange = "{prefix}"
-prefetch = 64
-
-[http]
-host = "127.0.0.1"
-port = {port}
-public_url = "http://127.0.0.1:{port}"
-
-[oscc]
-url = "{oscc_url}"
-keepalive_interval = 0.5
-request_timeout = 5
-
-[spool]
-dir = "{spool}"
-
-[log]
-level = "info"
-format = "json"
-
-[[connectors]]
-name = "{C}"
-title = "{TITLE}"
-token = "{TOKEN}"
-listen_for_events = false
-"""
-
-
-class BridgeProcess:
-    """``python -m bridge run --config F`` as a child process, its output in a file."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.log = config, log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bridge",
-                "run",
-                "--config",
-                str(self.config),
-                stdout=out,
-                stderr=out,
-                cwd=ROOT,
-            )
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        assert await asyncio.wait_for(self.proc.wait(), 30) == -signal.SIGKILL
-
-    async def stop(self) -> int:
-        """SIGTERM: drain and exit (0 expected)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), 60)
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
 class Run:
@@ -124,10 +54,18 @@ class Run:
         self.sim = sim
         self.topology = Topology(prefix)
         self.spool = tmp_path / "spool"
-        path = tmp_path / "bridge.toml"
         self.port = free_port()
-        path.write_text(config_text(prefix, sim.url, self.port, self.spool))
-        self.bridge = BridgeProcess(path, tmp_path / "bridge.log")
+        config = bridge_config(
+            prefix=prefix,
+            oscc_url=sim.url,
+            port=self.port,
+            spool_dir=self.spool,
+            connectors=[(C, TITLE, TOKEN)],
+            keepalive=0.5,
+            request_timeout=5.0,
+            listen_for_events=False,
+        )
+        self.bridge = BridgeProcess(config, port=self.port, workdir=tmp_path / "bridge")
         self.message_ids: dict[str, str] = {}  # publishedObject.id -> message_id
         self.order: list[str] = []
 
@@ -158,7 +96,7 @@ class Run:
         except TimeoutError:
             pytest.fail(
                 f"no {what} within {within} s; OSCC has {self.unique()} unique\n"
-                f"{self.bridge.tail(60)}"
+                f"{self.bridge.log_tail(60)}"
             )
 
     async def duplicates(self) -> float:
@@ -201,7 +139,7 @@ class Run:
         window: contacts OSCC accepted whose key is not in the dedupe file."""
         await self.bridge.start()
         await self.sim.wait_for(lambda: self.unique() >= unique, timeout=60)
-        await self.bridge.kill()
+        assert await self.bridge.kill() == -signal.SIGKILL
         # requests that reached the simulator before the kill are still answered (to
         # nobody): wait until it has been quiet for a moment
         await quiet(self.sim)
@@ -216,7 +154,7 @@ class Run:
         counts = collections.Counter(got)
         lost = [po for po in self.order if po not in counts]
         doubled = {po for po, k in counts.items() if k > 1}
-        assert lost == [], f"lost {len(lost)}: {lost[:10]}\n{self.bridge.tail()}"
+        assert lost == [], f"lost {len(lost)}: {lost[:10]}\n{self.bridge.log_tail()}"
         assert doubled <= window, f"duplicates outside the crash window: {doubled - window}"
         first: dict[str, list[int]] = collections.defaultdict(list)
         for po in dict.fromkeys(got):  # first occurrences, in arrival order
@@ -246,9 +184,8 @@ async def world(prefix: str, tmp_path: Path) -> AsyncIterator[tuple[Run, Any]]:
             channel = await connection.channel()
             yield run, channel
         finally:
-            if run.bridge.proc is not None and run.bridge.proc.returncode is None:
-                run.bridge.proc.kill()
-                await run.bridge.proc.wait()
+            if run.bridge.running:
+                await run.bridge.kill()
             with contextlib.suppress(Exception):
                 await run.topology.delete(await connection.channel(), [C])
             await connection.close()
@@ -266,7 +203,7 @@ async def test_sigkill_mid_stream_twice_nothing_lost_duplicates_only_in_the_cras
         await run.bridge.start()
         await run.sim.wait_for(lambda: run.unique() == n, timeout=90)
         await quiet(run.sim)
-        assert await run.bridge.stop() == 0, run.bridge.tail()
+        assert await run.bridge.stop() == 0, run.bridge.log_tail()
         in_window, doubled = run.check(window)
         # the window is bounded by what can be in flight at once (prefetch 64 per kill)
         assert in_window <= 2 * 64
@@ -291,7 +228,7 @@ async def test_sigkill_while_paused_then_restart_delivers_each_contact_exactly_o
         )
         await quiet(run.sim)  # only the prober's backoff calls now
         assert run.sim.records[-1].error_code == 7
-        await run.bridge.kill()
+        assert await run.bridge.kill() == -signal.SIGKILL
         accepted = set(run.accepted())
         keys = run.remembered()
         assert all(f"contact:m:{run.message_ids[po]}" in keys for po in accepted)
@@ -299,7 +236,7 @@ async def test_sigkill_while_paused_then_restart_delivers_each_contact_exactly_o
         await run.bridge.start()
         await run.sim.wait_for(lambda: run.unique() == n, timeout=60)
         await quiet(run.sim)
-        assert await run.bridge.stop() == 0, run.bridge.tail()
+        assert await run.bridge.stop() == 0, run.bridge.log_tail()
         assert run.check(set()) == (0, 0)
         assert len(run.accepted()) == n
         got = run.accepted()
@@ -329,7 +266,7 @@ async def test_broker_restart_mid_stream_sends_each_contact_exactly_once(
         await run.wait(lambda: run.unique() == n, "every contact at OSCC", within=120)
         await quiet(run.sim)
         assert at_stop < n, "the outage came too late to matter"
-        assert await run.bridge.stop() == 0, run.bridge.tail()
+        assert await run.bridge.stop() == 0, run.bridge.log_tail()
         # What the bridge had not acked when it stopped is back in the queue: contacts OSCC
         # already has. Counted with no consumer attached, every one must come back as a
         # duplicate on the next run, and not one may reach OSCC again.
@@ -338,11 +275,12 @@ async def test_broker_restart_mid_stream_sends_each_contact_exactly_once(
         deadline = asyncio.get_running_loop().time() + 60
         while (seen := await run.duplicates()) < left:
             if asyncio.get_running_loop().time() > deadline:
-                pytest.fail(f"{seen} of {left} redelivered contacts acked\n{run.bridge.tail(60)}")
+                tail = run.bridge.log_tail(60)
+                pytest.fail(f"{seen} of {left} redelivered contacts acked\n{tail}")
             await asyncio.sleep(0.2)
         assert seen == left
         await quiet(run.sim)
-        assert await run.bridge.stop() == 0, run.bridge.tail()
+        assert await run.bridge.stop() == 0, run.bridge.log_tail()
         print(f"\nbroker restart: {left} contacts still queued at the stop, all duplicates")
         assert run.check(set()) == (0, 0)
         assert len(run.accepted()) == n  # not one contact twice

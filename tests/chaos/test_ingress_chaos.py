@@ -13,12 +13,10 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import aiohttp
@@ -31,7 +29,16 @@ from bridge.publisher import Publisher
 from bridge.spool import Spool
 from bridge.topology import Topology
 from bridge.webhook import add_routes, server_options
-from tests.harness import broker_outage, broker_up, chaos_lock, message_count, rabbitmqctl
+from tests.harness import (
+    BridgeProcess,
+    bridge_config,
+    broker_outage,
+    broker_up,
+    chaos_lock,
+    free_port,
+    message_count,
+    rabbitmqctl,
+)
 
 pytestmark = pytest.mark.chaos
 
@@ -260,73 +267,18 @@ async def test_broker_stop_and_start_under_webhook_traffic_loses_nothing(
 TOKEN = "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
 
 
-class BridgeProcess:
-    """``python -m bridge run --config F`` as a child process; its JSON log is kept."""
-
-    def __init__(self, config_path: Path) -> None:
-        self.config_path = config_path
-        self.proc: asyncio.subprocess.Process | None = None
-        self.lines: list[dict[str, Any]] = []
-        self.port = 0
-        self._reader: asyncio.Task[None] | None = None
-        self._started = asyncio.Event()
-
-    async def start(self) -> str:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge", "run", "--config", str(self.config_path),
-            stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        self._reader = asyncio.create_task(self._read())
-        async with asyncio.timeout(30):
-            await self._started.wait()
-        return f"http://127.0.0.1:{self.port}/webhook/{C}"
-
-    async def _read(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        async for raw in self.proc.stderr:
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            self.lines.append(line)
-            if line.get("event") == "bridge started":
-                self.port = int(line["webhook_port"])
-                self._started.set()
-
-    async def kill(self, sig: int = signal.SIGKILL) -> int | None:
-        """Send `sig` (if it still runs) and reap; the exit code."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(sig)
-            await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
-        return self.proc.returncode if self.proc is not None else None
-
-
-def write_config(tmp_path: Path, prefix: str, oscc_url: str) -> Path:
-    path = tmp_path / "bridge.toml"
-    path.write_text(
-        f"""
-[broker]
-exchange = "{prefix}"
-[http]
-host = "127.0.0.1"
-port = 0
-[oscc]
-url = "{oscc_url}"
-verify_tls = false
-[spool]
-dir = "{tmp_path / "spool"}"
-[log]
-format = "json"
-[[connectors]]
-name = "{C}"
-title = "facebook"
-token = "{TOKEN}"
-"""
+def new_bridge(tmp_path: Path, prefix: str, oscc_url: str) -> BridgeProcess:
+    """A bridge subprocess for connector C; started again after a kill, it runs on the
+    same port and spool directory (so it resumes its session and replays its spool)."""
+    port = free_port()
+    config = bridge_config(
+        prefix=prefix,
+        oscc_url=oscc_url,
+        port=port,
+        spool_dir=tmp_path / "spool",
+        connectors=[(C, "facebook", TOKEN)],
     )
-    return path
+    return BridgeProcess(config, port=port, workdir=tmp_path / "bridge")
 
 
 async def post_events(
@@ -353,14 +305,13 @@ async def test_sigkill_with_a_full_spool_then_restart_delivers_everything(
     topology = Topology(prefix, "quorum")
     sink = f"{prefix}.chaos-sink"
     answered: list[int] = []
-    bridges: list[BridgeProcess] = []
+    bridge: BridgeProcess | None = None
     async with Simulator({"facebook": TOKEN}, agent=False) as sim:
-        path = write_config(tmp_path, prefix, sim.url)
         stopped = False
         try:
-            first = BridgeProcess(path)
-            bridges.append(first)
-            url = await first.start()
+            bridge = new_bridge(tmp_path, prefix, sim.url)
+            await bridge.start()
+            url = f"{bridge.url}/webhook/{C}"
             setup = await aio_pika.connect(AMQP_URL)
             channel = await setup.channel()
             queue = await channel.declare_queue(sink, durable=True)
@@ -376,13 +327,11 @@ async def test_sigkill_with_a_full_spool_then_restart_delivers_everything(
                 # Killed mid-traffic: whatever was answered 200 before must survive.
                 sender = asyncio.create_task(post_events(http, url, range(400, 1000), answered))
                 await wait_for(lambda: len(answered) >= 450)
-                await first.kill()
+                await bridge.kill()
                 await sender
                 await broker_up()
                 stopped = False
-                second = BridgeProcess(path)
-                bridges.append(second)
-                url = await second.start()
+                await bridge.start()  # same port and spool
                 last_answered = answered[-1]
                 await post_events(http, url, range(1000, 1100), answered)
                 assert answered[-100:] == list(range(1000, 1100))
@@ -390,8 +339,8 @@ async def test_sigkill_with_a_full_spool_then_restart_delivers_everything(
         finally:
             if stopped:
                 await broker_up()
-            for b in bridges:
-                await b.kill()
+            if bridge is not None and bridge.running:
+                await bridge.kill()
             cleanup = await aio_pika.connect(AMQP_URL)
             ch = await cleanup.channel()
             await ch.queue_delete(sink)
@@ -423,13 +372,12 @@ async def test_sigterm_while_the_broker_is_down_exits_promptly_and_keeps_the_spo
     topology = Topology(prefix, "quorum")
     sink = f"{prefix}.chaos-sink"
     answered: list[int] = []
-    bridges: list[BridgeProcess] = []
+    bridge: BridgeProcess | None = None
     async with Simulator({"facebook": TOKEN}, agent=False) as sim:
-        path = write_config(tmp_path, prefix, sim.url)
         try:
-            first = BridgeProcess(path)
-            bridges.append(first)
-            url = await first.start()
+            bridge = new_bridge(tmp_path, prefix, sim.url)
+            await bridge.start()
+            url = f"{bridge.url}/webhook/{C}"
             setup = await aio_pika.connect(AMQP_URL)
             queue = await (await setup.channel()).declare_queue(sink, durable=True)
             await queue.bind(topology.exchange, f"{C}.event.*")
@@ -440,22 +388,20 @@ async def test_sigterm_while_the_broker_is_down_exits_promptly_and_keeps_the_spo
                     await post_events(http, url, range(50, 250), answered)
                     assert answered == list(range(250)), "the webhook refused while spooling"
                     started = time.monotonic()
-                    code = await asyncio.wait_for(first.kill(signal.SIGTERM), 60)
+                    code = await bridge.kill(signal.SIGTERM, within=60)
                     took = time.monotonic() - started
-                second = BridgeProcess(path)
-                bridges.append(second)
-                await second.start()
+                await bridge.start()
             got = await drain(sink, len(answered))
         finally:
-            for b in bridges:
-                await b.kill()
+            if bridge is not None and bridge.running:
+                await bridge.kill()
             cleanup = await aio_pika.connect(AMQP_URL)
             ch = await cleanup.channel()
             await ch.queue_delete(sink)
             await topology.delete(ch, [C])
             await cleanup.close()
 
-    assert code == 0, first.lines[-10:]
+    assert code == 0, bridge.log_tail(10)
     # Nothing to wait for: no contact is in flight, and a bounded wait on a dead broker
     # must not turn into a hang (Kubernetes kills after 30 s by default).
     assert took < 10, f"SIGTERM took {took:.1f} s"
