@@ -26,6 +26,7 @@ from aiohttp import web
 from bridge.config import Config, parse
 from bridge.metrics import Metrics
 from bridge.publisher import Publisher
+from bridge.simulator import Simulator
 from bridge.spool import Spool
 from bridge.topology import Topology
 from bridge.webhook import add_routes, server_options
@@ -281,6 +282,30 @@ def new_bridge(tmp_path: Path, prefix: str, oscc_url: str) -> BridgeProcess:
     return BridgeProcess(config, port=port, workdir=tmp_path / "bridge")
 
 
+@contextlib.asynccontextmanager
+async def event_sink(prefix: str) -> AsyncIterator[tuple[Topology, str]]:
+    """The topology of `prefix` and a durable queue bound to C's events (it keeps what it
+    got across stop_app/start_app); all deleted afterwards."""
+    topology = Topology(prefix, "quorum")
+    sink = f"{prefix}.chaos-sink"
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await topology.declare(channel, [C])
+        queue = await channel.declare_queue(sink, durable=True)
+        await queue.bind(topology.exchange, f"{C}.event.*")
+    finally:
+        await connection.close()
+    try:
+        yield topology, sink
+    finally:
+        cleanup = await aio_pika.connect(AMQP_URL)  # the first one did not live through
+        channel = await cleanup.channel()
+        await channel.queue_delete(sink)
+        await topology.delete(channel, [C])
+        await cleanup.close()
+
+
 async def post_events(
     http: aiohttp.ClientSession, url: str, seqs: range, answered: list[int]
 ) -> None:
@@ -300,23 +325,16 @@ async def post_events(
 async def test_sigkill_with_a_full_spool_then_restart_delivers_everything(
     prefix: str, tmp_path: Path
 ) -> None:
-    from bridge.simulator import Simulator
-
-    topology = Topology(prefix, "quorum")
-    sink = f"{prefix}.chaos-sink"
     answered: list[int] = []
-    bridge: BridgeProcess | None = None
-    async with Simulator({"facebook": TOKEN}, agent=False) as sim:
+    async with (
+        Simulator({"facebook": TOKEN}, agent=False) as sim,
+        event_sink(prefix) as (_, sink),
+        new_bridge(tmp_path, prefix, sim.url) as bridge,
+    ):
         stopped = False
         try:
-            bridge = new_bridge(tmp_path, prefix, sim.url)
             await bridge.start()
             url = f"{bridge.url}/webhook/{C}"
-            setup = await aio_pika.connect(AMQP_URL)
-            channel = await setup.channel()
-            queue = await channel.declare_queue(sink, durable=True)
-            await queue.bind(topology.exchange, f"{C}.event.*")
-            await setup.close()
             async with aiohttp.ClientSession() as http:
                 await post_events(http, url, range(0, 100), answered)  # published
                 assert answered == list(range(100))
@@ -339,13 +357,6 @@ async def test_sigkill_with_a_full_spool_then_restart_delivers_everything(
         finally:
             if stopped:
                 await broker_up()
-            if bridge is not None and bridge.running:
-                await bridge.kill()
-            cleanup = await aio_pika.connect(AMQP_URL)
-            ch = await cleanup.channel()
-            await ch.queue_delete(sink)
-            await topology.delete(ch, [C])
-            await cleanup.close()
 
     arrived = [seq for seq, _ in got]
     missing = sorted(set(answered) - set(arrived))
@@ -367,39 +378,24 @@ async def test_sigterm_while_the_broker_is_down_exits_promptly_and_keeps_the_spo
     """An operator restarts the bridge during a RabbitMQ outage (a rollout, a node drain):
     SIGTERM ends it promptly with exit 0, and what it spooled goes out after the next
     start, in order, once."""
-    from bridge.simulator import Simulator
-
-    topology = Topology(prefix, "quorum")
-    sink = f"{prefix}.chaos-sink"
     answered: list[int] = []
-    bridge: BridgeProcess | None = None
-    async with Simulator({"facebook": TOKEN}, agent=False) as sim:
-        try:
-            bridge = new_bridge(tmp_path, prefix, sim.url)
+    async with (
+        Simulator({"facebook": TOKEN}, agent=False) as sim,
+        event_sink(prefix) as (_, sink),
+        new_bridge(tmp_path, prefix, sim.url) as bridge,
+    ):
+        await bridge.start()
+        url = f"{bridge.url}/webhook/{C}"
+        async with aiohttp.ClientSession() as http:
+            await post_events(http, url, range(0, 50), answered)
+            async with broker_outage():
+                await post_events(http, url, range(50, 250), answered)
+                assert answered == list(range(250)), "the webhook refused while spooling"
+                started = time.monotonic()
+                code = await bridge.kill(signal.SIGTERM, within=60)
+                took = time.monotonic() - started
             await bridge.start()
-            url = f"{bridge.url}/webhook/{C}"
-            setup = await aio_pika.connect(AMQP_URL)
-            queue = await (await setup.channel()).declare_queue(sink, durable=True)
-            await queue.bind(topology.exchange, f"{C}.event.*")
-            await setup.close()
-            async with aiohttp.ClientSession() as http:
-                await post_events(http, url, range(0, 50), answered)
-                async with broker_outage():
-                    await post_events(http, url, range(50, 250), answered)
-                    assert answered == list(range(250)), "the webhook refused while spooling"
-                    started = time.monotonic()
-                    code = await bridge.kill(signal.SIGTERM, within=60)
-                    took = time.monotonic() - started
-                await bridge.start()
-            got = await drain(sink, len(answered))
-        finally:
-            if bridge is not None and bridge.running:
-                await bridge.kill()
-            cleanup = await aio_pika.connect(AMQP_URL)
-            ch = await cleanup.channel()
-            await ch.queue_delete(sink)
-            await topology.delete(ch, [C])
-            await cleanup.close()
+        got = await drain(sink, len(answered))
 
     assert code == 0, bridge.log_tail(10)
     # Nothing to wait for: no contact is in flight, and a bounded wait on a dead broker
