@@ -125,6 +125,7 @@ class Consumer(Service):
         dedupe: DedupeStore | None = None,
         *,
         drain_timeout: float = 10.0,
+        start_timeout: float = 30.0,
         retry_base: float = 0.1,
         retry_cap: float = 10.0,
         token_timeout: float = 30.0,
@@ -134,6 +135,7 @@ class Consumer(Service):
         self.connector = connector
         self.topology = topology
         self.drain_timeout = drain_timeout
+        self.start_timeout = start_timeout
         self.retry_base = retry_base
         self.retry_cap = retry_cap
         self.token_timeout = token_timeout
@@ -174,31 +176,51 @@ class Consumer(Service):
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the channels and start consuming both queues."""
+        """Open the channels and start consuming both queues.
+
+        BrokerUnavailable when RabbitMQ goes away meanwhile (the connection the publisher
+        just made is gone), or does not let it happen within `start_timeout`: some
+        aio-pika calls wait for a lost connection to come back, for ever."""
         if self._owns_dedupe:
             self._dedupe.open()
-        connection = self._publisher.connection
         try:
-            dead_channel = await connection.channel(publisher_confirms=True)
-            self._channels.append(dead_channel)
-            self._dead = await dead_channel.declare_exchange(
-                self.topology.dead_exchange, ExchangeType.TOPIC, durable=True
-            )
-            for kind in self._kinds:
-                channel = await connection.channel()
-                self._channels.append(channel)
-                await channel.set_qos(prefetch_count=self.config.broker.prefetch)
-                # Declared (not just looked up), so a reconnect re-declares it instead of
-                # racing the publisher's topology declaration.
-                queue = await channel.declare_queue(
-                    kind.queue, durable=True, arguments=self.topology.queue_arguments()
-                )
-                tag = await queue.consume(self._callback(kind))
-                self._consumers.append((queue, tag))
-        except BaseException:
+            async with asyncio.timeout(self.start_timeout):
+                await self._open_channels()
+        except BaseException as exc:
             await self._close_channels()
+            if self._owns_dedupe:
+                await self._dedupe.aclose()
+            if isinstance(exc, TimeoutError | AMQPError | OSError | RuntimeError):
+                why = (
+                    f"no answer within {self.start_timeout:g} s"
+                    if isinstance(exc, TimeoutError)
+                    else repr(exc)
+                )
+                raise errors.BrokerUnavailable(
+                    f"RabbitMQ went away while the consumer of {self.connector.name!r}"
+                    f" started: {why}"
+                ) from exc
             raise
         self._log.info("consumer.started", prefetch=self.config.broker.prefetch)
+
+    async def _open_channels(self) -> None:
+        connection = self._publisher.connection
+        dead_channel = await connection.channel(publisher_confirms=True)
+        self._channels.append(dead_channel)
+        self._dead = await dead_channel.declare_exchange(
+            self.topology.dead_exchange, ExchangeType.TOPIC, durable=True
+        )
+        for kind in self._kinds:
+            channel = await connection.channel()
+            self._channels.append(channel)
+            await channel.set_qos(prefetch_count=self.config.broker.prefetch)
+            # Declared (not just looked up), so a reconnect re-declares it instead of
+            # racing the publisher's topology declaration.
+            queue = await channel.declare_queue(
+                kind.queue, durable=True, arguments=self.topology.queue_arguments()
+            )
+            tag = await queue.consume(self._callback(kind))
+            self._consumers.append((queue, tag))
 
     async def stop(self) -> None:
         """Drain: stop consuming, let messages already at OSCC finish (up to

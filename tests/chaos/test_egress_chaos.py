@@ -18,6 +18,7 @@ import collections
 import contextlib
 import json
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,7 +29,14 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.config import parse
+from bridge.consumer import Consumer
 from bridge.dedupe import FILE_NAME
+from bridge.errors import BrokerUnavailable
+from bridge.metrics import Metrics
+from bridge.oscc.client import OsccClient
+from bridge.publisher import Publisher
+from bridge.session import SessionSupervisor
 from bridge.simulator import Simulator
 from bridge.topology import Topology
 from tests.conftest import AMQP_URL
@@ -286,3 +294,49 @@ async def test_broker_restart_mid_stream_sends_each_contact_exactly_once(
         assert len(run.accepted()) == n  # not one contact twice
         assert await message_count(run.topology.contact_queue(C)) == 0
         assert await message_count(run.topology.dead_queue(C)) == 0
+
+
+async def test_consumer_start_gives_up_when_the_broker_went_away_first(
+    prefix: str, tmp_path: Path
+) -> None:
+    """RabbitMQ gone between the publisher's connect and the consumer's start (a broker
+    restart during a deploy). start() raises BrokerUnavailable, at once or after
+    start_timeout where aio-pika would wait for the connection for ever, rather than a
+    bare RuntimeError or a hang; the CLI logs it, exits 1, and is restarted."""
+    topology = Topology(prefix)
+    metrics = Metrics()
+    async with (
+        chaos_lock(),
+        Simulator(connectors={TITLE: TOKEN}, port=0, agent=False) as sim,
+    ):
+        config = parse(
+            bridge_config(
+                prefix=prefix,
+                oscc_url=sim.url,
+                port=free_port(),
+                spool_dir=tmp_path,
+                connectors=[(C, TITLE, TOKEN)],
+                listen_for_events=False,
+            ),
+            env={},
+        )
+        try:
+            async with (
+                Publisher(config.broker, topology, connectors=[C], metrics=metrics) as pub,
+                OsccClient(config.oscc, connector=C, metrics=metrics) as client,
+            ):
+                supervisor = SessionSupervisor(config, config.connectors[0], client, metrics)
+                consumer = Consumer(
+                    config, config.connectors[0], topology, pub, supervisor, client, metrics,
+                    start_timeout=2.0,
+                )  # fmt: skip
+                async with broker_outage():
+                    started = time.monotonic()
+                    with pytest.raises(BrokerUnavailable, match="consumer of 'fb' started"):
+                        await consumer.start()
+                    took = time.monotonic() - started
+        finally:
+            connection = await aio_pika.connect(AMQP_URL)
+            await topology.delete(await connection.channel(), [C])
+            await connection.close()
+    assert took < 10.0, took
