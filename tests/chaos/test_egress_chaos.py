@@ -194,9 +194,12 @@ async def world(prefix: str, tmp_path: Path) -> AsyncIterator[tuple[Run, Any]]:
         finally:
             if run.bridge.running:
                 await run.bridge.kill()
-            with contextlib.suppress(Exception):
-                await run.topology.delete(await connection.channel(), [C])
             await connection.close()
+            # On a connection of its own: the robust one may still be reconnecting after a
+            # broker restart, and a failed delete would leave the queues behind.
+            cleanup = await aio_pika.connect(AMQP_URL)
+            await run.topology.delete(await cleanup.channel(), [C])
+            await cleanup.close()
 
 
 async def test_sigkill_mid_stream_twice_nothing_lost_duplicates_only_in_the_crash_window(
