@@ -52,7 +52,8 @@ class Bridge:
         self.consumers: dict[str, Consumer] = {}
         self.ports: dict[str, int] = {}  # "webhook" and, when separate, "admin"
         self._stack = contextlib.AsyncExitStack()
-        logs.register_secret(urllib.parse.urlsplit(config.broker.url).password)
+        for url in config.broker.all_urls:
+            logs.register_secret(urllib.parse.urlsplit(url).password)
         for c in config.connectors:
             logs.register_secret(c.token)
             logs.register_secret(c.webhook_secret)

@@ -37,16 +37,26 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 class BrokerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # the nodes of one RabbitMQ cluster, tried in turn; when set, `url` is not used
+    urls: list[str] = []
     exchange: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "oscc"
     queue_type: Literal["quorum", "classic"] = "quorum"
     prefetch: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 64
     confirm_timeout: Seconds = 5.0  # after this, a webhook payload goes to the spool
+    # a larger contact or stream response is dead-lettered unread
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
+
+    @property
+    def all_urls(self) -> list[str]:
+        """Every broker URL, in the order reconnects try them."""
+        return list(self.urls) or [self.url]
 
     def __repr__(self) -> str:
         return (
-            f"BrokerConfig(url={mask_url(self.url)!r}, exchange={self.exchange!r}, "
-            f"queue_type={self.queue_type!r}, prefetch={self.prefetch!r}, "
-            f"confirm_timeout={self.confirm_timeout!r})"
+            f"BrokerConfig(urls={[mask_url(u) for u in self.all_urls]!r}, "
+            f"exchange={self.exchange!r}, queue_type={self.queue_type!r}, "
+            f"prefetch={self.prefetch!r}, confirm_timeout={self.confirm_timeout!r}, "
+            f"max_message_bytes={self.max_message_bytes!r})"
         )
 
 
@@ -59,6 +69,11 @@ class HttpConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True
     admin_host: str = ""
     admin_port: Port = 0
     read_timeout: Seconds = 10.0  # header and body read timeout for webhook requests
+    # webhook requests processed at once; beyond it: 503, errorCode 7, Retry-After
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1)] = 256
+    tls_cert: str = ""  # PEM; with tls_key the webhook listener speaks HTTPS
+    tls_key: str = ""
+    tls_client_ca: str = ""  # PEM CA bundle: require OSCC's client certificate
 
 
 class OsccConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -68,11 +83,26 @@ class OsccConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True
     keepalive_interval: Seconds = 30.0
     request_timeout: Seconds = 10.0
     listen_for_events_path: str = "/openmedia/webapi/main/listenForEvents"
+    # transient failures of one contact while OSCC accepts others, then dead-lettered
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 10
+    # keepalives failed in a row before a registered connector is `degraded`
+    degraded_after: Annotated[int, msgspec.Meta(ge=1)] = 3
 
 
 class SpoolConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     dir: str = "var/spool"
     max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_073_741_824
+
+
+class HaConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    instance: str = ""  # default <hostname>-<pid>
+    fence_after: Seconds = 10.0  # seconds without the broker before an owner lets go
+
+
+class TracingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = False
+    endpoint: str = ""  # OTLP; empty: the OTEL_EXPORTER_OTLP_* variables
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0
 
 
 class LogConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -104,6 +134,8 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     http: HttpConfig = HttpConfig()
     oscc: OsccConfig = OsccConfig()
     spool: SpoolConfig = SpoolConfig()
+    ha: HaConfig = HaConfig()
+    tracing: TracingConfig = TracingConfig()
     log: LogConfig = LogConfig()
     connectors: Annotated[list[ConnectorConfig], msgspec.Meta(min_length=1)]
 
@@ -182,9 +214,12 @@ def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"not valid TOML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a TOML table")
-    for var, section in (("AMQP_URL", "broker"), ("OSCC_URL", "oscc")):
-        if env.get(var):
-            raw.setdefault(section, {})["url"] = env[var]
+    if env.get("AMQP_URL"):
+        # a comma-separated list names the nodes of one cluster
+        urls = [u.strip() for u in env["AMQP_URL"].split(",") if u.strip()]
+        raw.setdefault("broker", {}).update(url=urls[0], urls=urls if len(urls) > 1 else [])
+    if env.get("OSCC_URL"):
+        raw.setdefault("oscc", {})["url"] = env["OSCC_URL"]
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
@@ -202,11 +237,16 @@ def _check(config: Config) -> None:
             raise ConfigError(
                 f"connectors[{i}].name: {name!r} appears twice", key=f"connectors[{i}].name"
             )
-    for key, url, schemes in (
+    urls = [
         ("broker.url", config.broker.url, ("amqp://", "amqps://")),
+        *(
+            (f"broker.urls[{i}]", url, ("amqp://", "amqps://"))
+            for i, url in enumerate(config.broker.urls)
+        ),
         ("oscc.url", config.oscc.url, ("http://", "https://")),
         ("http.public_url", config.http.public_url, ("http://", "https://")),
-    ):
+    ]
+    for key, url, schemes in urls:
         if not url.startswith(schemes):
             raise ConfigError(
                 f"{key}: {mask_url(url)!r} must start with {' or '.join(schemes)}", key=key

@@ -60,7 +60,7 @@ def test_example_states_every_default() -> None:
     """The example writes each key with its default value, so it documents the defaults."""
     cfg = load(EXAMPLE, EXAMPLE_ENV)
     defaults = parse(MINIMAL, {})
-    for section in ("broker", "http", "oscc", "spool", "log"):
+    for section in ("broker", "http", "oscc", "spool", "ha", "tracing", "log"):
         assert getattr(cfg, section) == getattr(defaults, section), section
 
 
@@ -75,6 +75,8 @@ def test_example_names_and_explains_every_key() -> None:
         "http": config.HttpConfig,
         "oscc": config.OsccConfig,
         "spool": config.SpoolConfig,
+        "ha": config.HaConfig,
+        "tracing": config.TracingConfig,
         "log": config.LogConfig,
         "connectors": config.ConnectorConfig,
     }
@@ -331,3 +333,19 @@ def test_secret_not_in_the_message_of_an_overlong_token() -> None:
 def test_mask_url() -> None:
     assert config.mask_url("amqp://u:p%40ss@h:5672/v") == "amqp://u:***@h:5672/v"
     assert config.mask_url("amqp://h:5672/") == "amqp://h:5672/"
+
+
+def test_amqp_url_with_commas_names_the_nodes_of_a_cluster() -> None:
+    env = {"AMQP_URL": "amqp://u:p@node1:5672/, amqp://u:p@node2:5672/"}
+    cfg = parse(MINIMAL, env)
+    assert cfg.broker.all_urls == ["amqp://u:p@node1:5672/", "amqp://u:p@node2:5672/"]
+    assert "p@" not in repr(cfg.broker)
+
+
+def test_a_bad_url_in_broker_urls_is_named() -> None:
+    text = MINIMAL.replace(
+        "[[connectors]]", '[broker]\nurls = ["amqp://a/", "http://b/"]\n\n[[connectors]]'
+    )
+    with pytest.raises(ConfigError) as info:
+        parse(text, {})
+    assert info.value.key == "broker.urls[1]"
