@@ -16,6 +16,7 @@ import ipaddress
 import json
 import signal
 import ssl
+import sys
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -660,3 +661,29 @@ async def test_reload_replaces_the_client_ca(server_files: Pki, tmp_path: Path) 
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_run_exits_3_when_the_files_do_not_load(
+    prefix: str, tmp_path: Path, server_files: Pki
+) -> None:
+    """`oscc-bridge run` with a key file that is not there: exit 3, the key named."""
+    pki = server_files
+    config = tls_config(prefix, "http://127.0.0.1:9", tmp_path, pki, mtls=False)
+    config = msgspec.structs.replace(
+        config, http=msgspec.structs.replace(config.http, tls_key=str(tmp_path / "gone.key"))
+    )
+    path = tmp_path / "bridge.toml"
+    path.write_text(config_toml(config))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "run", "--config", str(path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await delete_topology(AMQP_URL, Topology(prefix), ["fb"])
+    assert proc.returncode == 3, err.decode()[-2000:]
+    assert "http.tls_cert/http.tls_key: cannot load" in err.decode()
