@@ -143,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_until_signal(body))
     except ConfigError:
-        raise  # unloadable TLS files: exit 3 like any bad configuration
+        raise  # found at start-up (TLS files, spool.dir in use): main() exits 3
     except BridgeError as exc:
         logs.get_logger("bridge").error("bridge stopped on an error", error=str(exc))
         return EXIT_ERROR

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import os
 import struct
 import zlib
@@ -37,7 +38,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from bridge import logs
-from bridge.errors import BrokerUnavailable
+from bridge.errors import BrokerUnavailable, ConfigError
 from bridge.metrics import Metrics
 
 log = logs.get_logger("bridge.spool")
@@ -45,6 +46,7 @@ log = logs.get_logger("bridge.spool")
 _HEADER = struct.Struct(">II")
 _MAX_RECORD = 256 * 1024 * 1024  # a length beyond this is garbage, not a record
 _SUFFIX = ".seg"
+LOCK_FILE = ".lock"
 
 
 class SpoolRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
@@ -90,6 +92,30 @@ class Entry:
     segment: int
     end: int
     size: int
+
+
+def _lock_directory(directory: Path) -> int:
+    """Create `directory` and take an exclusive flock on ``<directory>/.lock``; the fd.
+
+    The kernel drops the lock when the process dies, however it dies, so a crashed
+    instance never leaves the directory locked."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"spool.dir: cannot use {str(directory)!r}: {exc.strerror}", key="spool.dir"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise ConfigError(
+            f"spool.dir: {str(directory)!r} is in use by another bridge instance "
+            "(each instance needs its own spool directory)",
+            key="spool.dir",
+        ) from exc
+    return fd
 
 
 def _scan(path: Path, start: int = 0) -> tuple[int, int, int]:
@@ -153,6 +179,7 @@ class Spool:
         self._flusher: asyncio.Task[None] | None = None
         self._reader: tuple[int, BinaryIO] | None = None
         self._opened = False
+        self._lock_fd: int | None = None  # <dir>/.lock, flock'ed while open
 
     # -- lifecycle ----------------------------------------------------------------------
     async def __aenter__(self) -> Spool:
@@ -163,8 +190,21 @@ class Spool:
         await self.close()
 
     def open(self) -> None:
-        """Create the directory, recover what a previous run left, and count it."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Create the directory, lock it, recover what a previous run left, and count it.
+
+        ConfigError (key ``spool.dir``) when the directory cannot be created or written,
+        or another instance holds it: two instances on one spool would share a session.
+        """
+        if self._lock_fd is None:
+            self._lock_fd = _lock_directory(self.directory)
+        try:
+            self._recover()
+        except BaseException:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
+
+    def _recover(self) -> None:
         cursor_seq, cursor_offset = self._read_cursor()
         found = sorted(
             (int(p.stem), p) for p in self.directory.glob("*" + _SUFFIX) if p.stem.isdigit()
@@ -211,6 +251,9 @@ class Spool:
         if self._reader is not None:
             self._reader[1].close()
             self._reader = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     # -- state --------------------------------------------------------------------------
     @property

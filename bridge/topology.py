@@ -8,6 +8,11 @@ names come out with the default and a test can isolate itself with a unique pref
     exchange  <p>.dead       topic  -> queue <p>.<c>.dead bound "<c>.#"
     queue     <p>.<c>.contact.new       bound "<c>.contact.new"       (consumed)
     queue     <p>.<c>.stream.response   bound "<c>.stream.response"   (consumed)
+    queue     <p>.<c>.owner             quorum, single active consumer: the ownership lease
+    queue     <p>.<c>.accepted          stream: keys of contacts OSCC accepted (dedupe)
+
+The last two are declared by ownership.py and accepted.py, not by `declare`: they are
+the instances' coordination, not part of the public interface.
 """
 
 from __future__ import annotations
@@ -55,6 +60,14 @@ class Topology:
 
     def dead_queue(self, c: str) -> str:
         return f"{self.prefix}.{c}.dead"
+
+    def owner_queue(self, c: str) -> str:
+        """The lease queue of `c` (ownership.py)."""
+        return f"{self.prefix}.{c}.owner"
+
+    def accepted_queue(self, c: str) -> str:
+        """The stream of keys of `c`'s accepted contacts (accepted.py)."""
+        return f"{self.prefix}.{c}.accepted"
 
     # -- routing keys -------------------------------------------------------------------
     @staticmethod
