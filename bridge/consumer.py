@@ -46,6 +46,7 @@ from aio_pika.abc import (
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from bridge import errors
+from bridge.backoff import backoff_delay, retry
 from bridge.config import Config, ConnectorConfig
 from bridge.dedupe import DedupeStore
 from bridge.lanes import Gate, Lane, Lanes
@@ -377,8 +378,8 @@ class Consumer(Service):
                     lane.busy = False
                     retried.inc()
                     if self._gate.failed(work):
-                        attempt += 1
                         delay = self._backoff(attempt)
+                        attempt += 1
                         work.log.warning(
                             "consumer.oscc_unavailable", error=exc.text, retry_in=delay
                         )
@@ -401,8 +402,7 @@ class Consumer(Service):
             raise _Abandoned("channel closed; the broker redelivers the message") from None
 
     def _backoff(self, attempt: int) -> float:
-        ceiling: float = min(self.retry_cap, self.retry_base * 2.0 ** min(attempt, 30))
-        return ceiling / 2 + self._rng.uniform(0.0, ceiling / 2)
+        return backoff_delay(attempt, base=self.retry_base, cap=self.retry_cap, rng=self._rng)
 
     async def _ack(self, work: _Work) -> None:
         # Bounded: an ack sent just as the connection dies can wait for ever in aiormq's
@@ -477,17 +477,22 @@ class Consumer(Service):
     async def _retrying(self, work: _Work, publish: Callable[[], Awaitable[Any]]) -> None:
         """Run a broker publish until it is confirmed; give up (unacked, so the broker
         redelivers) when the message's channel is gone."""
-        attempt = 0
-        while True:
-            try:
-                self._check(work, stopping=False)
-                await publish()
-                return
-            except (errors.Transient, TimeoutError, AMQPError, ChannelInvalidStateError) as exc:
-                attempt += 1
-                delay = self._backoff(attempt)
-                work.log.warning("consumer.publish_failed", error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
+
+        async def attempt() -> None:
+            self._check(work, stopping=False)
+            await publish()
+
+        def failed(exc: BaseException, delay: float) -> None:
+            work.log.warning("consumer.publish_failed", error=repr(exc), retry_in=delay)
+
+        await retry(
+            attempt,
+            retry_on=(errors.Transient, TimeoutError, AMQPError, ChannelInvalidStateError),
+            base=self.retry_base,
+            cap=self.retry_cap,
+            rng=self._rng,
+            on_retry=failed,
+        )
 
 
 __all__ = ["CONTACT", "STREAM_RESPONSE", "Consumer", "key_of"]

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import msgspec
 
 from bridge import errors
+from bridge.backoff import backoff_delay, retry
 from bridge.config import Config, ConnectorConfig, webhook_url
 from bridge.lifecycle import Service
 from bridge.logs import forget_secret, get_logger
@@ -54,16 +55,6 @@ class SessionState(enum.StrEnum):
     BACKOFF = "backoff"
     FAILED = "failed"
     STOPPED = "stopped"
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Capped exponential backoff with full jitter, never below `base`.
-
-    Attempt ``n`` (from 0) waits a uniform random time in ``[0, min(cap, base * 2**n)]``,
-    raised to `base` so a run of unlucky draws can never become a tight loop.
-    """
-    ceiling = min(cap, base * 2 ** min(attempt, 62))
-    return max(min(base, cap), rng.uniform(0.0, ceiling))
 
 
 def _iso(ts: float | None) -> str | None:
@@ -402,31 +393,27 @@ class SessionSupervisor(Service):
         404/405 (OSCC has no such path: the guide gives none, so ours is a guess), is
         logged and the connector runs without events rather than not at all.
         """
-        attempt = 0
-        while True:
-            try:
-                await self._client.listen_for_events(token, enabled=True)
-            except errors.Transient as exc:
-                if exc.http_status in (404, 405):
-                    self._events_refused(exc)
-                    return
-                self._note(exc)
-                delay = backoff_delay(
-                    attempt,
-                    base=self.backoff_base,
-                    cap=min(self.backoff_cap, self.config.oscc.keepalive_interval),
-                    rng=self._rng,
-                )
-                attempt += 1
-                await asyncio.sleep(delay)
-                continue
-            except (errors.SessionLost, errors.StaleSession, errors.ConnectorRefused):
-                raise
-            except errors.Rejected as exc:
-                self._events_refused(exc)
-                return
-            self._events_enabled = True
+
+        def failed(exc: BaseException, _: float) -> None:
+            assert isinstance(exc, errors.Transient)
+            if exc.http_status in (404, 405):
+                raise exc
+            self._note(exc)
+
+        try:
+            await retry(
+                lambda: self._client.listen_for_events(token, enabled=True),
+                retry_on=errors.Transient,
+                base=self.backoff_base,
+                cap=min(self.backoff_cap, self.config.oscc.keepalive_interval),
+                rng=self._rng,
+                on_retry=failed,
+            )
+        except (errors.Transient, errors.Rejected) as exc:
+            # Transient here is 404/405 only: `failed` gives up on those.
+            self._events_refused(exc)
             return
+        self._events_enabled = True
 
     def _events_refused(self, exc: errors.BridgeError) -> None:
         self._note(exc)
@@ -478,4 +465,4 @@ class SessionSupervisor(Service):
                 delay = interval
 
 
-__all__ = ["OnChange", "SessionState", "SessionSupervisor", "backoff_delay"]
+__all__ = ["OnChange", "SessionState", "SessionSupervisor"]
