@@ -47,6 +47,7 @@ from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from bridge import errors
 from bridge.backoff import backoff_delay, retry
+from bridge.broker import Broker
 from bridge.config import Config, ConnectorConfig
 from bridge.dedupe import DedupeStore
 from bridge.lanes import Gate, Lane, Lanes
@@ -66,7 +67,6 @@ from bridge.outcomes import (
 )
 from bridge.publisher import Publisher
 from bridge.session import SessionSupervisor
-from bridge.topology import Topology
 
 
 class _Abandoned(Exception):
@@ -108,9 +108,10 @@ class _Work:
 class Consumer(Service):
     """Forwards one connector's contact and stream-response queues to OSCC.
 
-    ``async with Consumer(config, connector, topology, publisher, supervisor, client,
-    metrics, dedupe):`` opens one channel per queue on ``publisher.connection`` (prefetch
+    ``async with Consumer(config, connector, broker, publisher, supervisor, client,
+    metrics, dedupe):`` opens one channel per queue on `broker` (prefetch
     ``broker.prefetch``, manual ack) and starts consuming; exit drains (see `stop`).
+    Outcomes and dead letters' outcomes go out through `publisher`.
     `dedupe` None: the consumer opens and closes ``<spool.dir>/dedupe/<c>`` itself.
     """
 
@@ -118,7 +119,7 @@ class Consumer(Service):
         self,
         config: Config,
         connector: ConnectorConfig,
-        topology: Topology,
+        broker: Broker,
         publisher: Publisher,
         supervisor: SessionSupervisor,
         client: OsccClient,
@@ -134,12 +135,13 @@ class Consumer(Service):
     ) -> None:
         self.config = config
         self.connector = connector
-        self.topology = topology
+        self.topology = topology = broker.topology
         self.drain_timeout = drain_timeout
         self.start_timeout = start_timeout
         self.retry_base = retry_base
         self.retry_cap = retry_cap
         self.token_timeout = token_timeout
+        self._broker = broker
         self._publisher = publisher
         self._supervisor = supervisor
         self._client = client
@@ -179,7 +181,7 @@ class Consumer(Service):
     async def start(self) -> None:
         """Open the channels and start consuming both queues.
 
-        BrokerUnavailable when RabbitMQ goes away meanwhile (the connection the publisher
+        BrokerUnavailable when RabbitMQ goes away meanwhile (the connection the broker
         just made is gone), or does not let it happen within `start_timeout`: some
         aio-pika calls wait for a lost connection to come back, for ever."""
         if self._owns_dedupe:
@@ -205,14 +207,13 @@ class Consumer(Service):
         self._log.info("consumer.started", prefetch=self.config.broker.prefetch)
 
     async def _open_channels(self) -> None:
-        connection = self._publisher.connection
-        dead_channel = await connection.channel(publisher_confirms=True)
+        dead_channel = await self._broker.channel(publisher_confirms=True)
         self._channels.append(dead_channel)
         self._dead = await dead_channel.declare_exchange(
             self.topology.dead_exchange, ExchangeType.TOPIC, durable=True
         )
         for kind in self._kinds:
-            channel = await connection.channel()
+            channel = await self._broker.channel()
             self._channels.append(channel)
             await channel.set_qos(prefetch_count=self.config.broker.prefetch)
             # Declared (not just looked up), so a reconnect re-declares it instead of
@@ -230,7 +231,7 @@ class Consumer(Service):
         self._stopping.set()
         # With the broker away there is nothing to cancel: the connection took the
         # consumers with it, and aio-pika's cancel would wait for it to come back.
-        if self._publisher.connected:
+        if self._broker.connected:
             for queue, tag in self._consumers:
                 with contextlib.suppress(
                     AMQPError, ChannelInvalidStateError, RuntimeError, TimeoutError

@@ -39,6 +39,7 @@ from aiohttp import web
 from bridge import config as config_module
 from bridge import errors, webhook
 from bridge.app import Bridge
+from bridge.broker import Broker
 from bridge.config import (
     BrokerConfig,
     Config,
@@ -156,11 +157,10 @@ async def running(prefix: str, tmp_path: Path, **http: Any) -> AsyncIterator[Ing
             spool = await stack.enter_async_context(
                 Spool(config.spool.dir, max_bytes=1 << 26, metrics=metrics)
             )
-            publisher = await stack.enter_async_context(
-                Publisher(
-                    config.broker, topology, connectors=[FB, SEC], metrics=metrics, spool=spool
-                )
+            broker = await stack.enter_async_context(
+                Broker(config.broker, topology, connectors=[FB, SEC], metrics=metrics)
             )
+            publisher = await stack.enter_async_context(Publisher(broker, spool=spool))
             channel = await amqp.channel()
             queue = await channel.declare_queue(exclusive=True)
             await queue.bind(topology.exchange, "#")
