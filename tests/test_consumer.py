@@ -28,9 +28,9 @@ from bridge.broker import Broker
 from bridge.config import BrokerConfig, Config, ConnectorConfig, HttpConfig, OsccConfig, SpoolConfig
 from bridge.consumer import Consumer
 from bridge.dedupe import DedupeStore
+from bridge.delivery import key_of
 from bridge.metrics import Metrics
 from bridge.oscc.client import OsccClient
-from bridge.outcomes import key_of
 from bridge.publisher import Publisher
 from bridge.session import SessionSupervisor
 from bridge.simulator import Simulator
