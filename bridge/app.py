@@ -111,7 +111,7 @@ class Bridge:
             )
             self.consumers[c.name] = await stack.enter_async_context(consumer)
         log.info(
-            "bridge started",
+            "bridge.started",
             connectors=names,
             webhook_port=self.ports.get("webhook"),
             exchange=self.topology.exchange,
@@ -171,5 +171,5 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     """Run the bridge until `stop` is set, then shut down in order."""
     async with Bridge(config):
         await stop.wait()
-        log.info("stopping: draining consumers, then closing sessions and listeners")
-    log.info("stopped")
+        log.info("bridge.stopping", order="consumers, sessions, listeners, broker")
+    log.info("bridge.stopped")

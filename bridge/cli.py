@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_until_signal(lambda stop: app.run(config, stop)))
     except BridgeError as exc:
-        logs.get_logger("bridge").error("bridge stopped on an error", error=str(exc))
+        logs.get_logger("bridge").error("bridge.failed", error=str(exc))
         return EXIT_ERROR
     return EXIT_OK
 

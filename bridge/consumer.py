@@ -143,14 +143,14 @@ class Consumer(Service):
         just made is gone), or does not let it happen within `start_timeout`: some
         aio-pika calls wait for a lost connection to come back, for ever."""
         if self._owns_dedupe:
-            self._dedupe.open()
+            await self._dedupe.start()
         try:
             async with asyncio.timeout(self.start_timeout):
                 await self._open_channels()
         except BaseException as exc:
             await self._close_channels()
             if self._owns_dedupe:
-                await self._dedupe.aclose()
+                await self._dedupe.stop()
             if isinstance(exc, TimeoutError | AMQPError | OSError | RuntimeError):
                 why = (
                     f"no answer within {self.start_timeout:g} s"
@@ -203,7 +203,7 @@ class Consumer(Service):
             self._log.warning("consumer.drain_timeout", unfinished=unfinished)
         await self._close_channels()
         if self._owns_dedupe:
-            await self._dedupe.aclose()
+            await self._dedupe.stop()
         self._log.info("consumer.stopped")
 
     async def _close_channels(self) -> None:

@@ -26,7 +26,11 @@ from collections.abc import Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from bridge.lifecycle import watch
+from bridge.logs import get_logger
+
 T = TypeVar("T")
+_log = get_logger("bridge.lanes")
 
 
 @dataclass(eq=False, slots=True)
@@ -56,7 +60,7 @@ class Lanes(Generic[T]):
     """Per-key FIFO lanes, each worked by ``await work(item, lane)``.
 
     `work` handles its own errors (an exception escaping it is the worker's bug: it ends
-    the lane's task, logged by asyncio). Once `stopping` is set no lane starts another
+    the lane's task, logged as ``lane.died``). Once `stopping` is set no lane starts another
     item.
     """
 
@@ -84,7 +88,9 @@ class Lanes(Generic[T]):
             lane.items.append(item)
             return
         lane = self._lanes[lane_key] = Lane(deque([item]))
-        lane.task = asyncio.create_task(self._run(lane_key, lane), name=self._name)
+        lane.task = watch(
+            asyncio.create_task(self._run(lane_key, lane), name=self._name), _log, "lane.died"
+        )
 
     async def _run(self, key: object, lane: Lane[T]) -> None:
         try:

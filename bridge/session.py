@@ -29,21 +29,21 @@ import enum
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from bridge import errors
 from bridge.backoff import backoff_delay, retry
 from bridge.config import Config, ConnectorConfig, webhook_url
-from bridge.lifecycle import Service
+from bridge.lifecycle import Service, watch
 from bridge.logs import forget_secret, get_logger
 from bridge.metrics import Metrics
 from bridge.oscc.client import OsccClient
 from bridge.session_store import SessionStore
+from bridge.topology import SessionChange
 
-Change = Literal["registered", "lost", "failed"]
-OnChange = Callable[[Change, dict[str, Any]], Awaitable[None]]
+OnChange = Callable[[SessionChange, dict[str, Any]], Awaitable[None]]
 
 
 class SessionState(enum.StrEnum):
@@ -108,7 +108,7 @@ class SessionSupervisor(Service):
         self._events_enabled: bool | None = None
         self._last_error: errors.BridgeError | None = None
         self._last_error_at: float | None = None
-        self._changes: asyncio.Queue[tuple[Change, dict[str, Any]]] = asyncio.Queue()
+        self._changes: asyncio.Queue[tuple[SessionChange, dict[str, Any]]] = asyncio.Queue()
         self._failed_code: int | None = None  # the code of the current `failed` spell
         self._tasks: list[asyncio.Task[None]] = []
         self._set_state(SessionState.STARTING)
@@ -122,8 +122,7 @@ class SessionSupervisor(Service):
         name = self.connector.name
         for coro, what in ((self._run(), "session"), (self._notify(), "session-notify")):
             task = asyncio.create_task(coro, name=f"{what}:{name}")
-            task.add_done_callback(self._task_done)
-            self._tasks.append(task)
+            self._tasks.append(watch(task, self._log, "session.task_died"))
 
     async def stop(self) -> None:
         """Cancel the background tasks and wait for them; the state becomes ``stopped``."""
@@ -135,17 +134,6 @@ class SessionSupervisor(Service):
                 await task
         self._drop_token()
         self._set_state(SessionState.STOPPED)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            self._log.error(
-                "session.task_died",
-                task=task.get_name(),
-                exc_info=(type(exc), exc, exc.__traceback__),
-            )
 
     # -- what callers use ----------------------------------------------------------------
 
@@ -241,7 +229,9 @@ class SessionSupervisor(Service):
         self._log.warning("session.lost", error_code=error.code, error_text=error.text)
         self._emit("lost", error)
 
-    def _emit(self, change: Change, error: errors.BridgeError | None = None, **extra: Any) -> None:
+    def _emit(
+        self, change: SessionChange, error: errors.BridgeError | None = None, **extra: Any
+    ) -> None:
         body: dict[str, Any] = {
             "connector": self.connector.name,
             "title": self.connector.title,

@@ -38,6 +38,7 @@ import msgspec
 
 from bridge import logs
 from bridge.errors import BrokerUnavailable
+from bridge.lifecycle import Service
 from bridge.metrics import Metrics
 
 log = logs.get_logger("bridge.spool")
@@ -117,7 +118,7 @@ def _scan(path: Path, start: int = 0) -> tuple[int, int, int]:
     return count, nbytes, good
 
 
-class Spool:
+class Spool(Service):
     """A bounded, crash-safe FIFO of `SpoolRecord` in ``directory``.
 
     Use as an async context manager (opens, recovers, and closes). Raises BrokerUnavailable
@@ -155,11 +156,13 @@ class Spool:
         self._opened = False
 
     # -- lifecycle ----------------------------------------------------------------------
-    async def __aenter__(self) -> Spool:
-        await asyncio.to_thread(self.open)
-        return self
+    async def start(self) -> None:
+        """Open (recover) the spool, off the event loop."""
+        if not self._opened:
+            await asyncio.to_thread(self.open)
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def stop(self) -> None:
+        """Close it (records stay on disk)."""
         await self.close()
 
     def open(self) -> None:
@@ -179,7 +182,7 @@ class Spool:
             count, nbytes, good = _scan(path, start)
             if good < size:
                 log.warning(
-                    "spool: dropped a torn record at the end of a segment",
+                    "spool.torn_record_dropped",
                     segment=path.name,
                     offset=good,
                     dropped_bytes=size - good,
@@ -197,7 +200,7 @@ class Spool:
         self._opened = True
         self._gauge()
         if self._messages:
-            log.info("spool: records left by the previous run", messages=self._messages)
+            log.info("spool.recovered", messages=self._messages)
 
     async def close(self) -> None:
         """Finish pending writes and close the files (records stay on disk)."""
@@ -290,7 +293,7 @@ class Spool:
                 self._messages -= len(batch)
                 self._bytes -= len(data)
                 self._gauge()
-                log.error("spool: write failed", error=repr(exc))
+                log.error("spool.write_failed", error=repr(exc))
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(BrokerUnavailable(f"spool write failed: {exc}"))
