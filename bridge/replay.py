@@ -85,12 +85,12 @@ class SpoolReplayer(Service):
             replayed = 0
             try:
                 while spool.committed and self._ready():
-                    entries = spool.read(REPLAY_BATCH)
+                    entries = await spool.read(REPLAY_BATCH)
                     if not entries:
                         break
                     confirmed = await self._replay_batch(entries)
                     if confirmed:
-                        spool.ack(entries[:confirmed])
+                        await spool.ack(entries[:confirmed])
                         self._metrics.spool_replayed.inc(confirmed)
                         replayed += confirmed
                     if confirmed < len(entries):

@@ -12,9 +12,9 @@ crash the last record of a segment may be torn (partly written, or zeros): openi
 spool finds the first record whose length or CRC is wrong, truncates the segment there and
 keeps every record before it.
 
-`append` returns only once its record is on disk (written and fsynced). Appends that arrive
-while an fsync runs are written together by the next one (group commit), so many
-concurrent webhooks cost one fsync, not one each. `read` hands out the oldest records;
+`enqueue` returns a future done once its record is on disk (written and fsynced). Records
+that arrive while an fsync runs are written together by the next one (group commit), so
+many concurrent webhooks cost one fsync, not one each. `read` hands out the oldest records;
 `ack` drops them once the broker confirmed them, moves the cursor and deletes segments
 that were fully replayed. A record is delivered at least once: a crash between the
 confirm and the cursor update replays it again after restart.
@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgspec
 
@@ -118,11 +118,39 @@ def _scan(path: Path, start: int = 0) -> tuple[int, int, int]:
     return count, nbytes, good
 
 
+def _read(
+    segments: list[tuple[int, Path, int]], offset: int, limit: int, max_bytes: int
+) -> list[Entry]:
+    """Read records from (seq, path, size) segments, the first from `offset` (in a thread:
+    it touches files only)."""
+    out: list[Entry] = []
+    nbytes = 0
+    for seq, path, size in segments:
+        if len(out) >= limit or nbytes >= max_bytes:
+            break
+        if offset >= size:
+            offset = 0
+            continue
+        with path.open("rb") as f:
+            f.seek(offset)
+            while offset < size and len(out) < limit and nbytes < max_bytes:
+                head = f.read(_HEADER.size)
+                length, _ = _HEADER.unpack(head)
+                record = _decoder.decode(f.read(length))
+                step = _HEADER.size + length
+                offset += step
+                nbytes += step
+                out.append(Entry(record, seq, offset, step))
+        offset = 0
+    return out
+
+
 class Spool(Service):
     """A bounded, crash-safe FIFO of `SpoolRecord` in ``directory``.
 
     Use as an async context manager (opens, recovers, and closes). Raises BrokerUnavailable
-    from `append` when `max_bytes` would be exceeded, or the disk write fails.
+    from `enqueue` when `max_bytes` would be exceeded, and through its future when the disk
+    write fails.
     """
 
     def __init__(
@@ -152,7 +180,6 @@ class Spool(Service):
         self._tail: _Segment | None = None
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._reader: tuple[int, BinaryIO] | None = None
         self._opened = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -211,9 +238,6 @@ class Spool(Service):
             os.close(self._fd)
             self._fd = None
         self._tail = None
-        if self._reader is not None:
-            self._reader[1].close()
-            self._reader = None
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -272,12 +296,6 @@ class Spool(Service):
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="spool-flush")
         return future
-
-    async def append(self, record: SpoolRecord) -> None:
-        """Append `record` and return once it is on disk (fsynced)."""
-        # Shielded: a cancelled webhook must not leave the spool's bookkeeping half done;
-        # the record is written anyway.
-        await asyncio.shield(self.enqueue(record))
 
     async def _flush(self) -> None:
         while self._pending:
@@ -349,47 +367,23 @@ class Spool(Service):
             os.close(fd)
 
     # -- reading ------------------------------------------------------------------------
-    def read(self, limit: int, max_bytes: int = 4 * 1024 * 1024) -> list[Entry]:
-        """Up to `limit` of the oldest unacknowledged records that are on disk."""
-        out: list[Entry] = []
-        nbytes = 0
-        offset = self._head_offset
-        for segment in list(self._segments):
-            if len(out) >= limit or nbytes >= max_bytes:
-                break
-            if offset >= segment.size:
-                offset = 0
-                continue
-            f = self._open_reader(segment)
-            f.seek(offset)
-            while offset < segment.size and len(out) < limit and nbytes < max_bytes:
-                head = f.read(_HEADER.size)
-                length, _ = _HEADER.unpack(head)
-                record = _decoder.decode(f.read(length))
-                size = _HEADER.size + length
-                offset += size
-                nbytes += size
-                out.append(Entry(record, segment.seq, offset, size))
-            offset = 0
-        return out
+    async def read(self, limit: int, max_bytes: int = 4 * 1024 * 1024) -> list[Entry]:
+        """Up to `limit` of the oldest unacknowledged records that are on disk.
 
-    def _open_reader(self, segment: _Segment) -> BinaryIO:
-        if self._reader is not None and self._reader[0] == segment.seq:
-            return self._reader[1]
-        if self._reader is not None:
-            self._reader[1].close()
-        f = segment.path.open("rb")
-        self._reader = (segment.seq, f)
-        return f
+        Where to read is taken here, in the loop; the file reads run in a thread."""
+        segments = [(s.seq, s.path, s.size) for s in self._segments]
+        return await asyncio.to_thread(_read, segments, self._head_offset, limit, max_bytes)
 
-    def ack(self, entries: list[Entry]) -> None:
+    async def ack(self, entries: list[Entry]) -> None:
         """Drop `entries` (a prefix of what `read` returned) after the broker confirmed
-        them; delete segments replayed to their end and move the cursor."""
+        them; delete segments replayed to their end and move the cursor (the file work in
+        a thread, the bookkeeping here)."""
         if not entries:
             return
         last = entries[-1]
+        done: list[Path] = []
         while self._segments and self._segments[0].seq < last.segment:
-            self._drop_head_segment()
+            done.append(self._drop_head_segment())
         self._head_offset = last.end
         self._messages -= len(entries)
         self._committed -= len(entries)
@@ -398,26 +392,29 @@ class Spool(Service):
         if self._head_offset >= head.size and (
             head is not self._tail or (not self._pending and not self._busy_writing())
         ):
-            self._drop_head_segment()
-        self._write_cursor()
+            done.append(self._drop_head_segment())
         self._gauge()
+        await asyncio.to_thread(self._persist_ack, done, self._cursor_seq())
+
+    def _persist_ack(self, done: list[Path], cursor: tuple[int, int]) -> None:
+        for path in done:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._write_cursor(cursor)
 
     def _busy_writing(self) -> bool:
         return self._flusher is not None and not self._flusher.done()
 
-    def _drop_head_segment(self) -> None:
+    def _drop_head_segment(self) -> Path:
+        """Forget the oldest segment; return its path, for the caller to delete."""
         segment = self._segments.popleft()
         if segment is self._tail:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
             self._tail = None
-        if self._reader is not None and self._reader[0] == segment.seq:
-            self._reader[1].close()
-            self._reader = None
-        with contextlib.suppress(FileNotFoundError):
-            segment.path.unlink()
         self._head_offset = 0
+        return segment.path
 
     # -- cursor -------------------------------------------------------------------------
     def _cursor_seq(self) -> tuple[int, int]:
@@ -426,11 +423,11 @@ class Spool(Service):
         # Everything replayed: the next segment starts clean.
         return self._next_seq, 0
 
-    def _write_cursor(self) -> None:
+    def _write_cursor(self, cursor: tuple[int, int]) -> None:
         # Not fsynced: losing an update only replays a few confirmed records again.
         path = self.directory / "cursor"
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(_encoder.encode(self._cursor_seq()))
+        tmp.write_bytes(_encoder.encode(cursor))
         os.replace(tmp, path)
 
     def _read_cursor(self) -> tuple[int, int]:

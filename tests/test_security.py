@@ -611,7 +611,7 @@ async def test_spool_file_names_do_not_come_from_messages(tmp_path: Path) -> Non
     """A spooled message with path-like ids and routing key lands in numbered segments."""
     record_fields = {"../../evil": "../../../etc/passwd"}
     async with Spool(tmp_path / "spool", max_bytes=1 << 20) as spool:
-        await spool.append(
+        await spool.enqueue(
             SpoolRecord(
                 connector="../../x",
                 routing_key="../../y",

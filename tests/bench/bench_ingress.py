@@ -50,8 +50,9 @@ from bridge.metrics import Metrics
 from bridge.oscc import codec
 from bridge.publisher import Publisher
 from bridge.spool import Spool
-from bridge.topology import Topology, message
+from bridge.topology import Topology
 from bridge.webhook import add_routes, server_options
+from tests.harness import message
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 C = "facebook"
