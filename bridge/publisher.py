@@ -38,7 +38,8 @@ from bridge.broker import BROKER_ERRORS, Broker
 from bridge.errors import BrokerUnavailable
 from bridge.lifecycle import Service
 from bridge.replay import SpoolReplayer
-from bridge.spool import Spool, SpoolRecord
+from bridge.segment import SpoolRecord
+from bridge.spool import Spool
 from bridge.topology import Topology, properties
 
 log = logs.get_logger("bridge.publisher")

@@ -19,7 +19,8 @@ from bridge.broker import Broker
 from bridge.errors import BrokerUnavailable
 from bridge.lifecycle import Service, watch
 from bridge.metrics import Metrics
-from bridge.spool import Entry, Spool, SpoolRecord
+from bridge.segment import Entry, SpoolRecord
+from bridge.spool import Spool
 
 log = logs.get_logger("bridge.replay")
 

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
-import struct
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,40 +37,20 @@ from bridge import logs
 from bridge.errors import BrokerUnavailable
 from bridge.lifecycle import Service
 from bridge.metrics import Metrics
+from bridge.segment import (
+    HEADER,
+    MAX_RECORD,
+    Entry,
+    SpoolRecord,
+    encoder,
+    frame,
+    read_records,
+    scan,
+)
 
 log = logs.get_logger("bridge.spool")
 
-_HEADER = struct.Struct(">II")
-_MAX_RECORD = 256 * 1024 * 1024  # a length beyond this is garbage, not a record
 _SUFFIX = ".seg"
-
-
-class SpoolRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
-    """Everything needed to publish a message later, exactly as it would have been.
-
-    Stored as a msgpack array: new fields go at the end, with a default.
-    """
-
-    connector: str
-    routing_key: str
-    body: bytes
-    message_id: str
-    timestamp: dt.datetime
-    exchange: str | None = None  # None = the main topic exchange
-    headers: dict[str, Any] | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(SpoolRecord)
-
-
-def frame(record: SpoolRecord) -> bytes:
-    """One record as it is written to a segment."""
-    payload = _encoder.encode(record)
-    head = struct.pack(">I", len(payload))
-    return head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head))) + payload
 
 
 @dataclass(slots=True)
@@ -81,68 +58,6 @@ class _Segment:
     seq: int
     path: Path
     size: int  # bytes on disk that hold whole, fsynced records
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A record handed out by `read`, with where it ends (for `ack`)."""
-
-    record: SpoolRecord
-    segment: int
-    end: int
-    size: int
-
-
-def _scan(path: Path, start: int = 0) -> tuple[int, int, int]:
-    """Walk the records of a segment file from `start`.
-
-    Returns (records, bytes of those records, offset where the last good record ends).
-    """
-    count = nbytes = 0
-    good = start
-    with path.open("rb") as f:
-        f.seek(start)
-        while True:
-            head = f.read(_HEADER.size)
-            if len(head) < _HEADER.size:
-                break
-            length, crc = _HEADER.unpack(head)
-            if length == 0 or length > _MAX_RECORD:
-                break
-            payload = f.read(length)
-            if len(payload) < length or zlib.crc32(payload, zlib.crc32(head[:4])) != crc:
-                break
-            count += 1
-            nbytes += _HEADER.size + length
-            good += _HEADER.size + length
-    return count, nbytes, good
-
-
-def _read(
-    segments: list[tuple[int, Path, int]], offset: int, limit: int, max_bytes: int
-) -> list[Entry]:
-    """Read records from (seq, path, size) segments, the first from `offset` (in a thread:
-    it touches files only)."""
-    out: list[Entry] = []
-    nbytes = 0
-    for seq, path, size in segments:
-        if len(out) >= limit or nbytes >= max_bytes:
-            break
-        if offset >= size:
-            offset = 0
-            continue
-        with path.open("rb") as f:
-            f.seek(offset)
-            while offset < size and len(out) < limit and nbytes < max_bytes:
-                head = f.read(_HEADER.size)
-                length, _ = _HEADER.unpack(head)
-                record = _decoder.decode(f.read(length))
-                step = _HEADER.size + length
-                offset += step
-                nbytes += step
-                out.append(Entry(record, seq, offset, step))
-        offset = 0
-    return out
 
 
 class Spool(Service):
@@ -206,7 +121,7 @@ class Spool(Service):
             start = cursor_offset if seq == cursor_seq else 0
             size = path.stat().st_size
             start = min(start, size)
-            count, nbytes, good = _scan(path, start)
+            count, nbytes, good = scan(path, start)
             if good < size:
                 log.warning(
                     "spool.torn_record_dropped",
@@ -281,7 +196,7 @@ class Spool(Service):
         if not self._opened:
             raise RuntimeError("spool is not open")
         data = frame(record)
-        if len(data) - _HEADER.size > _MAX_RECORD:
+        if len(data) - HEADER.size > MAX_RECORD:
             raise ValueError(f"record of {len(data)} bytes is too large for the spool")
         if self._bytes + len(data) > self.max_bytes:
             raise BrokerUnavailable(
@@ -372,7 +287,7 @@ class Spool(Service):
 
         Where to read is taken here, in the loop; the file reads run in a thread."""
         segments = [(s.seq, s.path, s.size) for s in self._segments]
-        return await asyncio.to_thread(_read, segments, self._head_offset, limit, max_bytes)
+        return await asyncio.to_thread(read_records, segments, self._head_offset, limit, max_bytes)
 
     async def ack(self, entries: list[Entry]) -> None:
         """Drop `entries` (a prefix of what `read` returned) after the broker confirmed
@@ -427,7 +342,7 @@ class Spool(Service):
         # Not fsynced: losing an update only replays a few confirmed records again.
         path = self.directory / "cursor"
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(_encoder.encode(cursor))
+        tmp.write_bytes(encoder.encode(cursor))
         os.replace(tmp, path)
 
     def _read_cursor(self) -> tuple[int, int]:

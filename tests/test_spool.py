@@ -15,7 +15,8 @@ import pytest
 
 from bridge.errors import BrokerUnavailable
 from bridge.metrics import Metrics
-from bridge.spool import Spool, SpoolRecord, frame
+from bridge.segment import frame
+from bridge.spool import Spool, SpoolRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
