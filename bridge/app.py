@@ -3,7 +3,7 @@
 Each component is an async context manager entered on one AsyncExitStack, so teardown
 runs in reverse order::
 
-    spool -> publisher -> HTTP listeners -> OSCC clients -> supervisors -> consumers
+    spool -> broker -> publisher -> HTTP listeners -> OSCC clients -> supervisors -> consumers
 
 On stop, consumers drain first (in-flight contacts finish or go back to their queue),
 then sessions stop, then the webhook listener closes (it keeps accepting OSCC's calls
@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from bridge import logs, tls
+from bridge.broker import Broker
 from bridge.config import Config, ConnectorConfig
 from bridge.consumer import Consumer
 from bridge.health import Health
@@ -77,18 +78,13 @@ class Bridge:
             Path(config.spool.dir), max_bytes=config.spool.max_bytes, metrics=self.metrics
         )
         await stack.enter_async_context(self.spool)
-        self.publisher = await stack.enter_async_context(
-            Publisher(
-                config.broker,
-                self.topology,
-                connectors=names,
-                metrics=self.metrics,
-                spool=self.spool,
-            )
+        self.broker = await stack.enter_async_context(
+            Broker(config.broker, self.topology, connectors=names, metrics=self.metrics)
         )
+        self.publisher = await stack.enter_async_context(Publisher(self.broker, spool=self.spool))
         self.health = Health(
             metrics=self.metrics,
-            publisher=self.publisher,
+            broker=self.broker,
             spool=self.spool,
             supervisors=self.supervisors,
         )
@@ -108,7 +104,7 @@ class Bridge:
             consumer = Consumer(
                 config,
                 c,
-                self.topology,
+                self.broker,
                 self.publisher,
                 self.supervisors[c.name],
                 clients[c.name],
@@ -116,7 +112,7 @@ class Bridge:
             )
             self.consumers[c.name] = await stack.enter_async_context(consumer)
         log.info(
-            "bridge started",
+            "bridge.started",
             connectors=names,
             webhook_port=self.ports.get("webhook"),
             exchange=self.topology.exchange,
@@ -188,8 +184,8 @@ async def run(config: Config, stop: asyncio.Event, reload: asyncio.Event | None 
         if watcher:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
-        log.info("stopping: draining consumers, then closing sessions and listeners")
-    log.info("stopped")
+        log.info("bridge.stopping", order="consumers, sessions, listeners, broker")
+    log.info("bridge.stopped")
 
 
 async def _reload_on(reload: asyncio.Event, bridge: Bridge) -> None:

@@ -145,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError:
         raise  # found at start-up (TLS files, spool.dir in use): main() exits 3
     except BridgeError as exc:
-        logs.get_logger("bridge").error("bridge stopped on an error", error=str(exc))
+        logs.get_logger("bridge").error("bridge.failed", error=str(exc))
         return EXIT_ERROR
     return EXIT_OK
 

@@ -201,31 +201,3 @@ def properties(
         message_type=Topology.message_type(connector, routing_key),
         headers=header_table(connector, headers),
     )
-
-
-def message(
-    body: bytes,
-    *,
-    connector: str,
-    routing_key: str,
-    message_id: str,
-    headers: dict[str, Any] | None = None,
-    correlation_id: str | None = None,
-    reply_to: str | None = None,
-    timestamp: Any = None,
-) -> aio_pika.Message:
-    """A message as the bridge publishes it: persistent JSON with the properties and
-    headers DESIGN.md requires of every message (`message_id`, `timestamp`, `app_id`,
-    `type`, header `oscc-connector`); the same as `properties`."""
-    return aio_pika.Message(
-        body,
-        content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message_id,
-        correlation_id=short_string(correlation_id),
-        reply_to=reply_to,
-        timestamp=timestamp or dt.datetime.now(dt.UTC),
-        app_id=APP_ID,
-        type=Topology.message_type(connector, routing_key),
-        headers=header_table(connector, headers),
-    )
