@@ -3,18 +3,29 @@
 Each component is an async context manager entered on one AsyncExitStack, so teardown
 runs in reverse order::
 
-    spool -> broker -> publisher -> HTTP listeners -> OSCC clients -> supervisors -> consumers
+    spool -> broker -> publisher -> OSCC clients -> HTTP listeners -> connectors' duties
 
-On stop, consumers drain first (in-flight contacts finish or go back to their queue),
-then sessions stop, then the webhook listener closes (it keeps accepting OSCC's calls
-while the rest drains, because the publisher is still there to take them), and the
-publisher closes last. Signals only set the `stop` Event (see `cli.py`).
+The webhook listener takes OSCC's calls from the start, for every connector, whether or
+not this instance owns it and whether or not the broker is there (the spool takes them
+then). Once the broker is up, the publisher opens its channel and each connector's
+`Duty` competes for the connector's lease; the owner runs the session and the consumer.
+
+On stop, each owner's consumer drains first (in-flight contacts finish or go back to
+their queue), then it hands the lease over with its session token, then the webhook
+listener closes (it keeps accepting OSCC's calls while the rest drains, because the
+publisher is still there to take them), and the publisher closes last. Signals only set
+the `stop` Event (see `cli.py`); a fatal refusal by the broker found after the start (bad
+credentials, a refused topology) ends `run` with a ConfigError (exit 3).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import random
+import socket
+import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,10 +34,13 @@ from typing import Any
 from aiohttp import web
 
 from bridge import logs, tls
-from bridge.broker import Broker
+from bridge.backoff import retry
+from bridge.broker import BROKER_ERRORS, Broker
 from bridge.config import Config, ConnectorConfig
-from bridge.consumer import Consumer
+from bridge.duty import Duty
+from bridge.errors import BrokerUnavailable
 from bridge.health import Health
+from bridge.lifecycle import watch
 from bridge.metrics import Metrics
 from bridge.oscc import codec
 from bridge.oscc.client import OsccClient
@@ -42,18 +56,25 @@ log = logs.get_logger("bridge.app")
 SHUTDOWN_TIMEOUT = 30.0
 
 
+def instance_id(config: Config) -> str:
+    """``ha.instance``, else ``<hostname>-<pid>``."""
+    return config.ha.instance or f"{socket.gethostname()}-{os.getpid()}"
+
+
 class Bridge:
     """The running bridge: every component of every connector, in one process."""
 
     def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
+        self.instance = instance_id(config)
         self.topology = Topology(config.broker.exchange, config.broker.queue_type)
-        self.supervisors: dict[str, SessionSupervisor] = {}
-        self.consumers: dict[str, Consumer] = {}
+        self.duties: dict[str, Duty] = {}
         self.ports: dict[str, int] = {}  # "webhook" and, when separate, "admin"
         self.tls: tls.ServerTls | None = None  # the webhook listener's, when it speaks HTTPS
         self._stack = contextlib.AsyncExitStack()
+        self._failed: asyncio.Future[None] | None = None
+        logs.bind_global(instance=self.instance)
         for url in config.broker.all_urls:
             logs.register_secret(urllib.parse.urlsplit(url).password)
         for c in config.connectors:
@@ -71,6 +92,28 @@ class Bridge:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    @property
+    def failed(self) -> asyncio.Future[None]:
+        """Done with a ConfigError when the broker refused the bridge after the start."""
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+        return self._failed
+
+    @property
+    def supervisors(self) -> dict[str, SessionSupervisor]:
+        """The session supervisors of the connectors this instance owns right now."""
+        return {n: d.supervisor for n, d in self.duties.items() if d.supervisor is not None}
+
+    async def session(self, name: str, within: float = 30.0) -> SessionSupervisor:
+        """The session supervisor of connector `name` once this instance owns it
+        (TimeoutError after `within` s)."""
+        deadline = time.monotonic() + within
+        while (supervisor := self.duties[name].supervisor) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.instance} does not own {name} after {within:g} s")
+            await asyncio.sleep(0.05)
+        return supervisor
+
     async def _start(self) -> None:
         config, stack = self.config, self._stack
         names = [c.name for c in config.connectors]
@@ -78,45 +121,94 @@ class Bridge:
             Path(config.spool.dir), max_bytes=config.spool.max_bytes, metrics=self.metrics
         )
         await stack.enter_async_context(self.spool)
-        self.broker = await stack.enter_async_context(
-            Broker(config.broker, self.topology, connectors=names, metrics=self.metrics)
-        )
-        self.publisher = await stack.enter_async_context(Publisher(self.broker, spool=self.spool))
-        self.health = Health(
+        self.broker = Broker(
+            config.broker,
+            self.topology,
+            connectors=names,
             metrics=self.metrics,
-            broker=self.broker,
-            spool=self.spool,
-            supervisors=self.supervisors,
+            name=f"oscc-bridge {self.topology.exchange} {self.instance}",
+            background=True,
         )
-        await stack.enter_async_context(self._http())
+        await stack.enter_async_context(self.broker)
+        self.broker.failed.add_done_callback(self._broker_failed)
+        # Not started until the broker is up: meanwhile it is not connected, so every
+        # webhook goes to the spool.
+        self.publisher = Publisher(self.broker, spool=self.spool)
+        stack.push_async_callback(self.publisher.stop)
         clients = {
             c.name: await stack.enter_async_context(
                 OsccClient(config.oscc, connector=c.name, metrics=self.metrics)
             )
             for c in config.connectors
         }
+        self.health = Health(
+            metrics=self.metrics,
+            broker=self.broker,
+            spool=self.spool,
+            duties=self.duties,
+            instance=self.instance,
+            room=config.http.max_body_bytes,
+        )
+        await stack.enter_async_context(self._http())
         for c in config.connectors:
-            sup = SessionSupervisor(
-                config, c, clients[c.name], self.metrics, on_change=self._on_session_change(c)
-            )
-            self.supervisors[c.name] = await stack.enter_async_context(sup)
-        for c in config.connectors:
-            consumer = Consumer(
+            duty = Duty(
                 config,
                 c,
-                self.broker,
-                self.publisher,
-                self.supervisors[c.name],
-                clients[c.name],
-                self.metrics,
+                broker=self.broker,
+                publisher=self.publisher,
+                client=clients[c.name],
+                metrics=self.metrics,
+                instance=self.instance,
+                on_change=self._on_session_change(c),
             )
-            self.consumers[c.name] = await stack.enter_async_context(consumer)
+            self.duties[c.name] = await stack.enter_async_context(duty)
+        online = watch(
+            asyncio.create_task(self._online(), name="bridge-online"), log, "bridge.online_crashed"
+        )
+        stack.push_async_callback(_cancel, online)
         log.info(
             "bridge.started",
             connectors=names,
             webhook_port=self.ports.get("webhook"),
             exchange=self.topology.exchange,
+            broker=self.broker.connected,
         )
+
+    async def _online(self) -> None:
+        """Once the broker is up: open the publisher's channel, compete for every
+        connector. Each step is idempotent and retried while the broker comes and goes."""
+        await self.broker.up.wait()
+
+        async def join() -> None:
+            await self.publisher.start()
+            for duty in self.duties.values():
+                await duty.compete()
+
+        def failed(exc: BaseException, delay: float) -> None:
+            log.warning("bridge.online_failed", error=repr(exc), retry_in=round(delay, 2))
+
+        try:
+            await retry(
+                join,
+                retry_on=(BrokerUnavailable, *BROKER_ERRORS, TimeoutError),
+                base=0.5,
+                cap=5.0,
+                rng=random.Random(),
+                on_retry=failed,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self.failed.done():
+                self.failed.set_exception(exc)
+            raise
+        log.info("bridge.online", instance=self.instance)
+
+    def _broker_failed(self, future: asyncio.Future[None]) -> None:
+        if future.cancelled() or self.failed.done():
+            return
+        if (exc := future.exception()) is not None:
+            self.failed.set_exception(exc)
 
     @contextlib.asynccontextmanager
     async def _http(self) -> AsyncIterator[None]:
@@ -162,6 +254,7 @@ class Bridge:
 
     def _on_session_change(self, c: ConnectorConfig) -> Any:
         async def publish(change: SessionChange, body: dict[str, Any]) -> None:
+            # `body` names the instance (Duty adds it); never a token
             key = self.topology.session_key(c.name, change)
             await self.publisher.publish_or_spool(key, codec.encode(body), connector=c.name)
 
@@ -180,12 +273,15 @@ async def run(config: Config, stop: asyncio.Event, reload: asyncio.Event | None 
     set, re-read the TLS files."""
     async with Bridge(config) as bridge:
         watcher = asyncio.create_task(_reload_on(reload, bridge)) if reload else None
-        await stop.wait()
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((stopping, bridge.failed), return_when=asyncio.FIRST_COMPLETED)
+        await _cancel(stopping)
         if watcher:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-        log.info("bridge.stopping", order="consumers, sessions, listeners, broker")
+            await _cancel(watcher)
+        log.info("bridge.stopping", order="consumers, handover, sessions, listeners, broker")
     log.info("bridge.stopped")
+    if bridge.failed.done() and (exc := bridge.failed.exception()) is not None:
+        raise exc
 
 
 async def _reload_on(reload: asyncio.Event, bridge: Bridge) -> None:
@@ -196,3 +292,9 @@ async def _reload_on(reload: asyncio.Event, bridge: Bridge) -> None:
             bridge.reload_tls()
         except Exception:  # the watcher must outlive one bad reload
             log.exception("tls.reload_failed")
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel `task` and wait for it (its own failure was logged where it happened)."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

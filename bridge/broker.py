@@ -2,15 +2,18 @@
 
 ::
 
-    start ── connect (fail fast: BrokerUnavailable) ── declare topology ──────────► up
-                                                        └─ refused: ConfigError
+    start ── connect to a node of broker.urls ── declare topology ────────────────► up
+               │ no node answers: keep trying in the background (backoff) ──────► up later
+               └ ACCESS_REFUSED / NOT_ALLOWED, or the topology refused: ConfigError (exit 3)
     connection lost ──────────────────────────────────────────────────────────────► down
-    reconnected ── re-declare topology (retried with backoff until it succeeds) ─► up
+    reconnected (to the next node of broker.urls) ── re-declare topology (retried) ► up
                                                                  listeners are told
 
 `connected` is True only while the connection is open *and* the topology was declared on
-it, so ``/readyz`` never reports a broker that lost the bridge's queues as ready. The
-publisher and the consumers open their channels on this connection with `channel`.
+it, so nobody publishes into a broker that lost the bridge's queues. The publisher and
+the consumers open their channels on this connection with `channel` once `up` is set.
+A start with RabbitMQ down is not an error: webhooks go to the spool meanwhile (the
+publisher is not connected), and a fatal refusal found later is set on `failed`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import random
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import aio_pika
 import aiormq
+from aio_pika import RobustConnection
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from yarl import URL
 
 from bridge import logs
 from bridge.backoff import retry
@@ -43,17 +47,50 @@ REDECLARE_TIMEOUT = 30.0
 BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError)
 
 
+class ClusterConnection(RobustConnection):
+    """A robust connection that moves on to the next of `urls` whenever its connection
+    closes or an attempt to connect fails, so reconnects try the cluster's nodes in turn.
+
+    aio-pika's RobustConnection reconnects to its one `url`; it reports both a lost
+    connection and a failed attempt through `_on_connection_close`, which is where the
+    next URL is chosen. Parameters in the query string are read from the first URL only.
+    """
+
+    def __init__(self, urls: list[str], *, first: int = 0, **kwargs: Any) -> None:
+        self.urls = [URL(u) for u in urls]
+        self.node = first % len(self.urls)
+        super().__init__(self.urls[self.node], **kwargs)
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        if len(self.urls) > 1 and not self._close_called:
+            self.node = (self.node + 1) % len(self.urls)
+            self.url = self.urls[self.node]
+        await super()._on_connection_close(closing)
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why RabbitMQ refused us for good (bad credentials, unknown vhost), else None."""
+    text = str(exc)
+    if "ACCESS_REFUSED" in text or isinstance(exc, aiormq.exceptions.ConnectionNotAllowed):
+        return text
+    return None
+
+
 class Broker(Service):
     """Owns the robust connection and the topology declared on it.
 
     ``async with Broker(config.broker, topology, connectors=names, metrics=m) as broker:``
-    connects to the first of ``config.all_urls`` and declares the topology; exit closes
-    the connection. `add_listener` registers a callback run each time the broker is back
-    up after a reconnect (the spool replayer wakes on it).
+    connects to a node of ``config.all_urls`` and declares the topology; when none
+    answers, it raises BrokerUnavailable, or with ``background=True`` keeps trying in the
+    background (`up` is set once connected); exit closes the connection. `add_listener`
+    registers a callback run each time the broker is up (after the first connection made
+    in the background, and after every reconnect).
     """
 
     redeclare_base: float = 0.5  # first retry of a refused re-declaration after 0.5 s ...
     redeclare_cap: float = 10.0  # ... doubling up to 10 s
+    connect_base: float = 0.5  # first retry of a start without a broker after 0.5 s ...
+    connect_cap: float = 5.0  # ... doubling up to 5 s
 
     def __init__(
         self,
@@ -62,41 +99,106 @@ class Broker(Service):
         *,
         connectors: Iterable[str],
         metrics: Metrics,
+        name: str | None = None,
+        background: bool = False,
     ) -> None:
         self.config = config
         self.topology = topology
         self.connectors = list(connectors)
         self.metrics = metrics
-        self._connection: AbstractRobustConnection | None = None
+        # Named after the exchange (and the instance), so an operator or a test can tell
+        # bridges apart in the broker's connection list.
+        self.name = name or f"oscc-bridge {topology.exchange}"
+        self.background = background  # no node answers at start: retry, do not raise
+        self.up = asyncio.Event()  # set once the first connection declared the topology
+        self._connection: ClusterConnection | None = None
         self._up = False
+        self._connecting: asyncio.Task[None] | None = None
         self._redeclaring: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._rng = random.Random()
+        self._failed: asyncio.Future[None] | None = None
 
     @property
     def url(self) -> str:
-        """The URL connected to (the first of ``broker.all_urls``)."""
+        """The URL of the node connected to (or tried next)."""
+        if self._connection is not None:
+            return str(self._connection.urls[self._connection.node])
         return self.config.all_urls[0]
+
+    @property
+    def failed(self) -> asyncio.Future[None]:
+        """Done with a ConfigError when RabbitMQ refused us for good after `start`."""
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+        return self._failed
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
-        """Connect (BrokerUnavailable when RabbitMQ cannot be reached) and declare the
-        topology (ConfigError when RabbitMQ refuses it)."""
-        if self._connection is not None:
+        """Connect and declare the topology; when no node answers, BrokerUnavailable, or
+        with `background` keep trying in the background. ConfigError at once when
+        RabbitMQ refuses the credentials or the topology."""
+        if self._connection is not None or self._connecting is not None:
             return
-        url = self.url
         try:
-            connection = await aio_pika.connect_robust(
-                url,
-                timeout=CONNECT_TIMEOUT,
-                reconnect_interval=RECONNECT_INTERVAL,
-                # Named after the exchange, so an operator (or a test) can tell bridges apart.
-                client_properties={"connection_name": f"oscc-bridge {self.topology.exchange}"},
+            await self._connect()
+        except BrokerUnavailable as exc:
+            if not self.background:
+                raise
+            log.warning("broker.unavailable", error=exc.text, retry="in the background")
+            self._connecting = watch(
+                asyncio.create_task(self._connect_later(), name="broker-connect"),
+                log,
+                "broker.connect_crashed",
             )
-        except (*BROKER_ERRORS, TimeoutError) as exc:
-            raise BrokerUnavailable(
-                f"cannot connect to RabbitMQ at {mask_url(url)}: {exc or type(exc).__name__}"
-            ) from exc
+
+    async def stop(self) -> None:
+        """Stop connecting or re-declaring and close the connection."""
+        for task in (self._connecting, self._redeclaring):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._connecting = self._redeclaring = None
+        if self._connection is not None:
+            self._connection.reconnect_callbacks.discard(self._on_reconnect)
+            self._connection.close_callbacks.discard(self._on_close)
+        await self._close()
+        self._set_up(False)
+
+    async def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+
+    async def _connect(self) -> None:
+        """One attempt on every node in turn; BrokerUnavailable when none answers."""
+        urls = self.config.all_urls
+        errors: list[str] = []
+        for node in range(len(urls)):
+            connection = ClusterConnection(
+                urls,
+                first=node,
+                reconnect_interval=RECONNECT_INTERVAL,
+                client_properties={"connection_name": self.name},
+            )
+            try:
+                await connection.connect(timeout=CONNECT_TIMEOUT)
+            except (*BROKER_ERRORS, TimeoutError) as exc:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                if (why := refusal(exc)) is not None:
+                    raise ConfigError(
+                        f"broker.url: RabbitMQ at {mask_url(urls[node])} refused the bridge: {why}",
+                        key="broker.url",
+                    ) from exc
+                errors.append(f"{mask_url(urls[node])}: {exc or type(exc).__name__}")
+                continue
+            await self._declared_on(connection)
+            return
+        raise BrokerUnavailable("cannot connect to RabbitMQ: " + "; ".join(errors))
+
+    async def _declared_on(self, connection: ClusterConnection) -> None:
         self._connection = connection
         try:
             await self._declare()
@@ -111,31 +213,36 @@ class Broker(Service):
                 " or the user may not declare it)",
                 key="broker",
             ) from exc
-        except BaseException:
+        except BaseException as exc:
             await self._close()
+            if isinstance(exc, (*BROKER_ERRORS, TimeoutError)):
+                raise BrokerUnavailable(f"RabbitMQ went away while declaring: {exc!r}") from exc
             raise
         connection.reconnect_callbacks.add(self._on_reconnect)
         connection.close_callbacks.add(self._on_close)
         self._set_up(True)
-        log.info("broker.connected", url=mask_url(url), exchange=self.topology.exchange)
+        self.up.set()
+        log.info("broker.connected", url=mask_url(self.url), exchange=self.topology.exchange)
 
-    async def stop(self) -> None:
-        """Stop any re-declaration and close the connection."""
-        if self._redeclaring is not None:
-            self._redeclaring.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._redeclaring
-            self._redeclaring = None
-        if self._connection is not None:
-            self._connection.reconnect_callbacks.discard(self._on_reconnect)
-            self._connection.close_callbacks.discard(self._on_close)
-        await self._close()
-        self._set_up(False)
+    async def _connect_later(self) -> None:
+        def failed(exc: BaseException, delay: float) -> None:
+            log.info("broker.connect_failed", error=str(exc), retry_in=round(delay, 2))
 
-    async def _close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await connection.close()
+        try:
+            await retry(
+                self._connect,
+                retry_on=BrokerUnavailable,
+                base=self.connect_base,
+                cap=self.connect_cap,
+                rng=self._rng,
+                on_retry=failed,
+            )
+        except ConfigError as exc:
+            log.error("broker.refused", error=str(exc))
+            if not self.failed.done():
+                self.failed.set_exception(exc)
+            return
+        self._tell_listeners()
 
     # -- what the other parts use -------------------------------------------------------
     @property
@@ -145,9 +252,9 @@ class Broker(Service):
 
     @property
     def connection(self) -> AbstractRobustConnection:
-        """The robust connection."""
+        """The robust connection (RuntimeError before the first one was made)."""
         if self._connection is None:
-            raise RuntimeError("broker is not started")
+            raise RuntimeError("broker is not connected yet")
         return self._connection
 
     async def channel(self, *, publisher_confirms: bool = True) -> AbstractRobustChannel:
@@ -167,6 +274,10 @@ class Broker(Service):
     def _set_up(self, up: bool) -> None:
         self._up = up
         self.metrics.broker_connected.set(1 if up else 0)
+
+    def _tell_listeners(self) -> None:
+        for listener in list(self._listeners):
+            listener()
 
     def _on_close(self, _: Any, exc: BaseException | None = None) -> None:
         if self._up:
@@ -206,8 +317,7 @@ class Broker(Service):
         def failed(exc: BaseException, delay: float) -> None:
             log.warning("broker.redeclare_failed", error=repr(exc), retry_in=round(delay, 2))
 
-        # Up only once the topology is back: until then publishes spool and /readyz
-        # says the broker is not there.
+        # Up only once the topology is back: until then publishes spool.
         await retry(
             declare,
             retry_on=Exception,
@@ -217,6 +327,5 @@ class Broker(Service):
             on_retry=failed,
         )
         self._set_up(True)
-        log.info("broker.reconnected")
-        for listener in list(self._listeners):
-            listener()
+        log.info("broker.reconnected", url=mask_url(self.url))
+        self._tell_listeners()

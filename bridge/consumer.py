@@ -42,6 +42,7 @@ from aio_pika.abc import (
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from bridge import errors
+from bridge.accepted import AcceptedLog
 from bridge.backoff import backoff_delay
 from bridge.broker import Broker
 from bridge.config import Config, ConnectorConfig
@@ -66,6 +67,9 @@ class Consumer(Service):
     ``broker.prefetch``, manual ack) and starts consuming; exit drains (see `stop`).
     Outcomes and dead letters' outcomes go out through `publisher`.
     `dedupe` None: the consumer opens and closes ``<spool.dir>/dedupe/<c>`` itself.
+    `accepted`: the shared log of accepted keys (several instances), appended to before
+    each ack. One Consumer serves one ownership term: once the broker link drops, it
+    stops taking deliveries at once, even ones a restored robust channel brings back.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class Consumer(Service):
         metrics: Metrics,
         dedupe: DedupeStore | None = None,
         *,
+        accepted: AcceptedLog | None = None,
         drain_timeout: float = 10.0,
         start_timeout: float = 30.0,
         retry_base: float = 0.1,
@@ -105,6 +110,7 @@ class Consumer(Service):
             if dedupe is not None
             else DedupeStore.for_connector(config.spool.dir, connector.name)
         )
+        self._accepted_log = accepted
         self._rng = rng or random.Random()
         c = connector.name
         self._kinds = Kind.both(broker.topology, c)
@@ -146,6 +152,7 @@ class Consumer(Service):
             await self._dedupe.start()
         try:
             async with asyncio.timeout(self.start_timeout):
+                self._broker.connection.close_callbacks.add(self._on_connection_lost)
                 await self._open_channels()
         except BaseException as exc:
             await self._close_channels()
@@ -182,11 +189,20 @@ class Consumer(Service):
             tag = await queue.consume(self._callback(kind))
             self._consumers.append((queue, tag))
 
+    def _on_connection_lost(self, *_: object) -> None:
+        # Synchronous, in the connection's own close callback: aio-pika restores a robust
+        # channel's consumers after a reconnect, and by then this instance may no longer
+        # own the connector; whatever the restored consumers receive is left unacked and
+        # goes back to the queue when `stop` closes the channels.
+        self._stopping.set()
+
     async def stop(self) -> None:
         """Drain: stop consuming, let messages already at OSCC finish (up to
         `drain_timeout`), give up the rest, close the channels (the broker requeues every
         unacked message at the head of its queue, in order)."""
         self._stopping.set()
+        with contextlib.suppress(RuntimeError):  # never connected
+            self._broker.connection.close_callbacks.discard(self._on_connection_lost)
         # With the broker away there is nothing to cancel: the connection took the
         # consumers with it, and aio-pika's cancel would wait for it to come back.
         if self._broker.connected:
@@ -279,12 +295,32 @@ class Consumer(Service):
     async def _remember(self, work: Work) -> None:
         if work.dedupe_key is None:
             return
+        if self._accepted_log is not None:
+            await asyncio.gather(
+                self._remember_locally(work, work.dedupe_key),
+                self._share(work, work.dedupe_key),
+            )
+        else:
+            await self._remember_locally(work, work.dedupe_key)
+
+    async def _remember_locally(self, work: Work, key: str) -> None:
         try:
-            await self._dedupe.add(work.dedupe_key)
+            await self._dedupe.add(key)
         except OSError as exc:
             # Acking anyway loses nothing: the key only guards a redelivery, and holding
             # the message unacked would make one (a second newContact) more likely.
             work.log.error("consumer.dedupe_failed", error=str(exc))
+
+    async def _share(self, work: Work, key: str) -> None:
+        """Append the key to the shared log, so the next owner skips it too."""
+        assert self._accepted_log is not None
+        try:
+            async with asyncio.timeout(self.config.broker.confirm_timeout):
+                await self._accepted_log.record(key)
+        except (errors.BrokerUnavailable, TimeoutError) as exc:
+            # The ack is about to fail too (same broker): the redelivery goes to whoever
+            # owns next, and only this key's record is missing there.
+            work.log.warning("consumer.accepted_not_shared", error=str(exc))
 
     async def _send(self, work: Work, lane: Lane[Work]) -> models.Answer:
         """POST until OSCC answers 0 (returned) or 11/12/13 (Rejected raised)."""

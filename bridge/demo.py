@@ -195,7 +195,7 @@ async def _show(bridge: Any, sim: Any, amqp_url: str, stop: asyncio.Event) -> in
 
         await watch.consume(on_message)
         _say("waiting for the connector to register with OSCC ...")
-        supervisor = bridge.supervisors[CONNECTOR]
+        supervisor = await bridge.session(CONNECTOR)
         await asyncio.wait_for(supervisor.token(), timeout=30)
         exchange = await channel.get_exchange(topology.exchange, ensure=False)
         for n, (source_id, name, kind, text) in enumerate(CONTACTS, 1):

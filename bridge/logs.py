@@ -17,6 +17,7 @@ import structlog
 
 _SECRET_KEYS = re.compile(r"token|password|passwd|secret|authorization|credential", re.I)
 _secrets: set[str] = set()
+_global: dict[str, Any] = {}  # bound to every line of the process (the HA instance)
 
 
 def register_secret(value: str | None) -> None:
@@ -29,6 +30,19 @@ def forget_secret(value: str | None) -> None:
     """Stop tracking `value` (a session token that was replaced)."""
     if value:
         _secrets.discard(value)
+
+
+def bind_global(**context: Any) -> None:
+    """Add `context` to every log line of the process from now on, including the
+    stdlib loggers' (aiohttp, aio-pika): e.g. ``instance=<ha.instance>``."""
+    _global.update(context)
+
+
+def add_global(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: the `bind_global` context, under what a caller bound."""
+    for key, value in _global.items():
+        event.setdefault(key, value)
+    return event
 
 
 def _mask(value: Any) -> Any:
@@ -63,6 +77,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_global,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),

@@ -69,6 +69,8 @@ class SessionSupervisor(Service):
     ``async with SessionSupervisor(config, connector, client, metrics):`` starts the
     background task and stops it (cancels and awaits) on exit. The delays below are
     attributes so tests (and operators embedding the class) can shorten them.
+    `resume`: a session token handed over by the previous owner of the connector
+    (ownership.py), tried with a keepalive before the locally saved one.
     """
 
     backoff_base: float = 0.5  # first transient retry after 0.5 s ...
@@ -85,6 +87,7 @@ class SessionSupervisor(Service):
         on_change: OnChange | None = None,
         *,
         rng: random.Random | None = None,
+        resume: str | None = None,
     ) -> None:
         self.config = config
         self.connector = connector
@@ -97,6 +100,7 @@ class SessionSupervisor(Service):
         self._store = SessionStore(
             config.spool.dir, connector.name, config.oscc.url, connector.title, self._webhook_url
         )
+        self._handed: str | None = resume  # a token handed over with the connector
         self._token: str | None = None
         self._ready = asyncio.Event()  # set while _token is a live session token
         self._lost = asyncio.Event()  # set when the current token was reported lost
@@ -141,6 +145,11 @@ class SessionSupervisor(Service):
     def state(self) -> SessionState:
         """The current state."""
         return self._state
+
+    @property
+    def current_token(self) -> str | None:
+        """The live session token, None while there is none (for the ownership lease)."""
+        return self._token
 
     @property
     def ready(self) -> bool:
@@ -347,7 +356,8 @@ class SessionSupervisor(Service):
         return token
 
     async def _resume(self) -> str | None:
-        """The token a previous bridge process saved, if OSCC still honours it.
+        """The token the previous owner handed over, else the one a previous bridge
+        process saved, if OSCC still honours it.
 
         Not with publish_credentials: the credentials come only with a registration.
         A token OSCC refuses is forgotten; on a transient failure it is kept for the next
@@ -355,18 +365,25 @@ class SessionSupervisor(Service):
         """
         if self.connector.publish_credentials:
             return None
-        token = self._store.load()
-        if token is None:
-            return None
-        try:
-            await self._client.keepalive(token)
-        except errors.Transient:
-            return None
-        except errors.BridgeError:
-            self._store.forget()
-            return None
-        self._last_keepalive = time.time()
-        return token
+        for handed, token in ((True, self._handed), (False, self._store.load())):
+            if token is None:
+                continue
+            try:
+                await self._client.keepalive(token)
+            except errors.Transient:
+                return None
+            except errors.BridgeError:
+                if handed:
+                    self._handed = None
+                else:
+                    self._store.forget()
+                continue
+            self._last_keepalive = time.time()
+            if handed:
+                self._handed = None
+                self._save(token)  # this instance's next restart resumes it too
+            return token
+        return None
 
     def _save(self, token: str) -> None:
         try:

@@ -57,8 +57,18 @@ async def test_one_connector_end_to_end(
         watch = await Watch(channel, topology, ["fb"]).start()
         async with running_bridge(config) as bridge:
             base = f"http://127.0.0.1:{bridge.ports['webhook']}"
-            ready = await wait_http(f"{base}/readyz", 200)
-            assert ready == {"ready": True, "broker": True, "connectors": {"fb": True}}
+            ready = await wait_http(
+                f"{base}/readyz",
+                200,
+                check=lambda b: b["connectors"]["fb"]["session"] == "registered",
+            )
+            assert ready == {
+                "ready": True,
+                "broker": True,
+                "spool_room": True,
+                "instance": bridge.instance,
+                "connectors": {"fb": {"role": "owner", "session": "registered"}},
+            }
 
             # the session change is announced, without credentials (publish_credentials off)
             await wait_until(lambda: watch.keys("fb.session.registered"), what="session.registered")
@@ -135,8 +145,15 @@ async def test_two_connectors_in_one_process(
         watch = await Watch(channel, topology, ["facebook", "email"]).start()
         async with running_bridge(config) as bridge:
             base = f"http://127.0.0.1:{bridge.ports['webhook']}"
-            ready = await wait_http(f"{base}/readyz", 200)
-            assert ready["connectors"] == {"facebook": True, "email": True}
+            ready = await wait_http(
+                f"{base}/readyz",
+                200,
+                check=lambda b: all(c["session"] == "registered" for c in b["connectors"].values()),
+            )
+            assert ready["connectors"] == {
+                "facebook": {"role": "owner", "session": "registered"},
+                "email": {"role": "owner", "session": "registered"},
+            }
             registrations = {
                 r.title: r.body["openMedia"]["token"]
                 for r in sim.records

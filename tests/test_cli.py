@@ -139,18 +139,22 @@ async def test_run_with_bad_config_exits_3(tmp_path: Path) -> None:
     assert "http.port" in err
 
 
-async def test_run_without_a_broker_fails_fast_with_1(tmp_path: Path) -> None:
-    """No RabbitMQ at broker.url: exit 1 at once, saying where it tried (password masked)."""
+async def test_run_with_refused_credentials_exits_3(tmp_path: Path) -> None:
+    """RabbitMQ refuses the password (ACCESS_REFUSED): exit 3 at once, naming the key and
+    the broker (password masked). A broker that is merely unreachable is no reason to
+    exit (tests/chaos/test_ha.py starts the bridge without one)."""
     password = uuid.uuid4().hex
     text = GOOD.replace(
-        "amqp://guest:guest@127.0.0.1:5672/", f"amqp://guest:{password}@127.0.0.1:1/"
+        "amqp://guest:guest@127.0.0.1:5672/", f"amqp://guest:{password}@127.0.0.1:5672/"
     ).replace("port = 8089", 'host = "127.0.0.1"\nport = 0')
     text += f'[spool]\ndir = "{tmp_path / "spool"}"\n'
     started = time.monotonic()
     code, out, err = await _run("run", "--config", str(_write(tmp_path, text)), within=30)
-    assert code == 1, out + err
+    assert code == 3, out + err
     assert time.monotonic() - started < 20
-    assert "127.0.0.1:1" in err
+    assert "ACCESS_REFUSED" in err
+    assert "broker.url" in err
+    assert "guest:***@127.0.0.1:5672" in err
     assert password not in out + err
 
 

@@ -706,7 +706,7 @@ async def test_stream_round_trip_through_the_whole_bridge(prefix: str, tmp_path:
                         )
 
                 await requests.consume(back_end)
-                await app.supervisors[C].token(timeout=10)
+                await (await app.session(C)).token(timeout=10)
                 call = await sim.send_stream_request(
                     TITLE, id="205056409590639", destination_id="Page id", number="10"
                 )

@@ -105,7 +105,12 @@ async def test_status_and_metrics_after_traffic(
             assert fb["keepalive_failures"] >= 1
             assert fb["last_error_code"] == 10
             assert status["spool"]["messages"] == 0
-            assert status["broker"] == {"connected": True}
+            assert status["broker"] == {
+                "connected": True,
+                "url": "amqp://guest:***@127.0.0.1:5672/",
+            }
+            assert status["instance"] == bridge.instance
+            assert (fb["role"], fb["owner"]) == ("owner", bridge.instance)
 
             password = sim.state.credentials(FB_TITLE)["password"]
             secrets = {FB_TOKEN, password, config.broker.url} | _session_tokens(sim)
@@ -142,14 +147,15 @@ async def test_status_and_metrics_after_traffic(
         assert new_contacts == 2
 
 
-async def test_readyz_503_while_oscc_refuses_registration(
+async def test_readyz_200_while_oscc_refuses_registration(
     prefix: str,
     amqp: AbstractRobustConnection,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """OSCC refuses the connector (4): /readyz 503 says which, /status says failed and
-    why, session.failed is published; once OSCC accepts it again, /readyz is 200."""
+    """OSCC refuses the connector (4): /readyz stays 200 (this instance takes webhooks)
+    and shows the session failed, /status says failed and why, session.failed is
+    published; once OSCC accepts it again, the session is registered."""
     monkeypatch.setattr(SessionSupervisor, "failed_retry", 0.3)
     async with Simulator({FB_TITLE: FB_TOKEN}, seed=6, refuse_registration=4) as sim:
         config = make_config(prefix, sim.url, tmp_path / "spool")
@@ -159,8 +165,8 @@ async def test_readyz_503_while_oscc_refuses_registration(
             base = f"http://127.0.0.1:{bridge.ports['webhook']}"
             await sim.wait_for(lambda: sum(r.error_code == 4 for r in sim.records) >= 2, timeout=10)
             status, body = await get_json(f"{base}/readyz")
-            assert status == 503
-            assert body == {"ready": False, "broker": True, "connectors": {"fb": False}}
+            assert status == 200
+            assert body["connectors"] == {"fb": {"role": "owner", "session": "failed"}}
             assert (await get_json(f"{base}/healthz"))[0] == 200  # alive all the same
             _, st = await get_json(f"{base}/status")
             assert st["connectors"]["fb"]["state"] == "failed"
@@ -170,8 +176,12 @@ async def test_readyz_503_while_oscc_refuses_registration(
             assert watch.keys("fb.session.failed")[0].body["errorCode"] == 4
 
             sim.faults.refuse_registration = None
-            ready = await wait_http(f"{base}/readyz", 200, within=10)
-            assert ready == {"ready": True, "broker": True, "connectors": {"fb": True}}
+            await wait_http(
+                f"{base}/readyz",
+                200,
+                within=10,
+                check=lambda b: b["connectors"]["fb"]["session"] == "registered",
+            )
             await wait_until(lambda: watch.keys("fb.session.registered"), what="registered")
 
 

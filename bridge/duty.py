@@ -1,0 +1,225 @@
+"""What an instance runs for one connector, owner or standby (DESIGN.md, "Several
+instances").
+
+Every instance competes for every connector's lease (ownership.py). While it holds the
+lease it runs the connector's session supervisor and consumer; one *term* lasts from
+the lease's arrival to its loss::
+
+    standby ── lease arrives ──► session: resume the lease's token (keepalive), else register
+                                 accepted keys: shared log ──► local dedupe store
+                                 consumer: start                                   owner
+    owner ── broker link lost ─► consumer stopped at once, session kept            suspended
+    suspended ── lease back ───► consumer again (same session)                     owner
+    suspended ── fence_after ──► session stopped (no more keepalives)              standby
+    owner ── SIGTERM ──────────► consumer drained, lease handed over carrying the
+                                 session token, session stopped                   (exit)
+
+The lease carries the session token from each registration on (`update_session`), so
+after a crash the next owner resumes the session instead of waiting for OSCC to expire
+it (2 ALREADY_REGISTERED_ON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+from bridge.accepted import AcceptedLog
+from bridge.backoff import backoff_delay
+from bridge.broker import Broker
+from bridge.config import Config, ConnectorConfig
+from bridge.consumer import Consumer
+from bridge.dedupe import DedupeStore
+from bridge.errors import BrokerUnavailable
+from bridge.lifecycle import Service
+from bridge.logs import get_logger
+from bridge.metrics import Metrics
+from bridge.oscc.client import OsccClient
+from bridge.ownership import LostReason, Ownership
+from bridge.publisher import Publisher
+from bridge.sealing import Sealer
+from bridge.session import OnChange, SessionSupervisor
+from bridge.topology import SessionChange
+
+START_RETRY_BASE, START_RETRY_CAP = 0.5, 5.0
+
+
+class Duty(Service):
+    """One connector on this instance: its lease, and while it holds it, its session and
+    consumer (see the module docstring).
+
+    ``start()`` opens the local dedupe store; `compete` (once the broker is up) joins the
+    contest for the lease; ``stop()`` is the planned handover of SIGTERM.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        connector: ConnectorConfig,
+        *,
+        broker: Broker,
+        publisher: Publisher,
+        client: OsccClient,
+        metrics: Metrics,
+        instance: str,
+        on_change: OnChange,
+        make_supervisor: Callable[..., SessionSupervisor] = SessionSupervisor,
+        make_consumer: Callable[..., Consumer] = Consumer,
+    ) -> None:
+        self.config = config
+        self.connector = connector
+        self.instance = instance
+        self.broker = broker
+        self.publisher = publisher
+        self.client = client
+        self.metrics = metrics
+        self.dedupe = DedupeStore.for_connector(config.spool.dir, connector.name)
+        self.ownership: Ownership | None = None
+        self.accepted: AcceptedLog | None = None
+        self.supervisor: SessionSupervisor | None = None
+        self.consumer: Consumer | None = None
+        self.terms = 0  # ownership terms begun (lease arrivals)
+        self._on_change = on_change
+        self._make_supervisor = make_supervisor
+        self._make_consumer = make_consumer
+        self._rng = random.Random()
+        self._log = get_logger("bridge.duty", connector=connector.name)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the local dedupe store (the broker may not be there yet)."""
+        await self.dedupe.start()
+
+    async def compete(self) -> None:
+        """Join the contest for the connector's lease (the broker is up)."""
+        if self.ownership is not None:
+            return
+        c, connection = self.connector, self.broker.connection
+        self.accepted = AcceptedLog(
+            connection, topology=self.broker.topology, connector=c.name, max_age=self.dedupe.max_age
+        )
+        await self.accepted.start()
+        self.ownership = Ownership(
+            connection,
+            topology=self.broker.topology,
+            connector=c.name,
+            instance=self.instance,
+            sealer=Sealer(
+                connector=c.name, title=c.title, token=c.token, oscc_url=self.config.oscc.url
+            ),
+            fence_after=self.config.ha.fence_after,
+            metrics=self.metrics,
+            on_acquired=self._acquired,
+            on_suspended=self._suspended,
+            on_lost=self._lost,
+        )
+        await self.ownership.start()
+
+    async def stop(self) -> None:
+        """Planned stop: stop consuming and drain, hand the lease over with the current
+        session token, stop the session; a standby just leaves the contest."""
+        ownership = self.ownership
+        if ownership is not None:
+            # Consumers first: nothing in flight when the next owner starts.
+            await self._stop_consumer()
+            if ownership.role != "standby":
+                token = self.supervisor.current_token if self.supervisor else None
+                handed = await ownership.release(token)
+                self._log.info("duty.handed_over", handed=handed, session=token is not None)
+            await ownership.stop()
+        await self._stop_session()
+        if self.accepted is not None:
+            await self.accepted.stop()
+        await self.dedupe.stop()
+
+    # -- what /status and /readyz show ---------------------------------------------------
+    @property
+    def role(self) -> str:
+        """``owner``, ``suspended`` or ``standby``."""
+        return self.ownership.role if self.ownership is not None else "standby"
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able state of the connector on this instance; never a token."""
+        own = self.ownership.status() if self.ownership else {"role": "standby", "owner": None}
+        if self.supervisor is not None:
+            session = self.supervisor.status()
+        else:
+            c = self.connector
+            session = {"connector": c.name, "title": c.title, "state": "standby", "ready": False}
+        return {**session, **own, "terms": self.terms}
+
+    # -- ownership callbacks (run one at a time, in order) --------------------------------
+    async def _acquired(self, session: str | None) -> None:
+        self.terms += 1
+        if self.supervisor is None:
+            self.supervisor = self._make_supervisor(
+                self.config,
+                self.connector,
+                self.client,
+                self.metrics,
+                self._session_changed,
+                resume=session,
+            )
+            await self.supervisor.start()
+        attempt = 0
+        # Ends when the consumer runs, or at once when the lease is gone meanwhile (the
+        # role changes synchronously on a lost link; its callback is queued behind us).
+        while self.consumer is None and self.ownership is not None and self.ownership.owner:
+            try:
+                await self._start_consumer()
+            except BrokerUnavailable as exc:
+                delay = backoff_delay(
+                    attempt, base=START_RETRY_BASE, cap=START_RETRY_CAP, rng=self._rng
+                )
+                attempt += 1
+                self._log.warning("duty.start_failed", error=exc.text, retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+
+    async def _start_consumer(self) -> None:
+        assert self.accepted is not None
+        # Before consuming: whatever a previous owner recorded is never sent again.
+        added = await self.accepted.load_into(self.dedupe)
+        consumer = self._make_consumer(
+            self.config,
+            self.connector,
+            self.broker,
+            self.publisher,
+            self.supervisor,
+            self.client,
+            self.metrics,
+            self.dedupe,
+            accepted=self.accepted,
+        )
+        await consumer.start()
+        self.consumer = consumer
+        self._log.info("duty.owner", term=self.terms, keys_loaded=added)
+
+    async def _suspended(self) -> None:
+        await self._stop_consumer()
+
+    async def _lost(self, reason: LostReason) -> None:
+        await self._stop_consumer()
+        await self._stop_session()
+        self._log.info("duty.standby", reason=reason)
+
+    async def _stop_consumer(self) -> None:
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def _stop_session(self) -> None:
+        supervisor, self.supervisor = self.supervisor, None
+        if supervisor is not None:
+            await supervisor.stop()
+
+    async def _session_changed(self, change: SessionChange, body: dict[str, Any]) -> None:
+        supervisor, ownership = self.supervisor, self.ownership
+        if change == "registered" and supervisor is not None and ownership is not None:
+            # The lease carries the live token from now on: whoever owns next resumes it.
+            await ownership.update_session(supervisor.current_token)
+        await self._on_change(change, {**body, "instance": self.instance})
+
+
+__all__ = ["Duty"]
