@@ -354,6 +354,7 @@ class Consumer(Service):
         send = self._senders[work.kind.name]
         retried = self._metrics.forwards.labels(self.connector.name, work.kind.name, "retried")
         attempt = 0
+        ambiguous = False  # the last send may have reached OSCC: the next may duplicate it
         try:
             while True:
                 self._check(work)
@@ -364,6 +365,10 @@ class Consumer(Service):
                     token = await self._supervisor.token(timeout=self.token_timeout)
                     self._check(work)
                     lane.busy = True
+                    if ambiguous:
+                        ambiguous = False
+                        self._metrics.ambiguous_resends.labels(self.connector.name).inc()
+                        work.log.warning("consumer.ambiguous_resend")
                     answer = await send(token, body)
                 except errors.SessionLost as exc:
                     lane.busy = False
@@ -376,6 +381,7 @@ class Consumer(Service):
                 except (errors.Transient, errors.StaleSession, errors.ConnectorRefused) as exc:
                     lane.busy = False
                     retried.inc()
+                    ambiguous = ambiguous or getattr(exc, "ambiguous", False)
                     if self._gate.failed(work):
                         attempt += 1
                         delay = self._backoff(attempt)
