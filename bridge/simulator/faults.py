@@ -135,12 +135,14 @@ class Faults:
         *,
         http: int | None = None,
         slow: float = 0.0,
+        location: str | None = None,
     ) -> None:
         """Answer the next `times` calls to `endpoint` (``"*"``: any) with errorCode
         `code`, or HTTP status `http`, or late by `slow` seconds (see `Rule`)."""
         if endpoint != "*" and endpoint not in REST_ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}")
-        self._set(self._scripted, endpoint, _rule(code, http, slow, times) if times > 0 else None)
+        rule = _rule(code, http, slow, times, location) if times > 0 else None
+        self._set(self._scripted, endpoint, rule)
 
     def fail_contact(
         self,
@@ -150,11 +152,13 @@ class Faults:
         *,
         http: int | None = None,
         slow: float = 0.0,
+        location: str | None = None,
     ) -> None:
         """Misbehave on newContact calls for publishedObject.id `contact_id`: `times` of
         them (None: every one; 0 removes the rule). See `Rule`."""
         removed = times is not None and times <= 0
-        self._set(self._contacts, contact_id, None if removed else _rule(code, http, slow, times))
+        rule = None if removed else _rule(code, http, slow, times, location)
+        self._set(self._contacts, contact_id, rule)
 
     def clear(self) -> None:
         """Back to a healthy OSCC (sessions are left alone)."""
@@ -263,14 +267,23 @@ def _refusal(key: str, value: Any) -> int | None:
     return int(value)
 
 
-def _rule(code: int | None, http: int | None, slow: float, times: int | None) -> Rule:
+def _rule(
+    code: int | None,
+    http: int | None,
+    slow: float,
+    times: int | None,
+    location: str | None = None,
+) -> Rule:
     if (code is None) == (http is None) and not slow:
         raise ValueError("a rule needs exactly one of code and http, or slow")
     if code is not None and http is not None:
         raise ValueError("a rule takes code or http, not both")
     if http is not None and not 300 <= http <= 599:
         raise ValueError(f"http: expected a 3xx, 4xx or 5xx status, got {http!r}")
-    return Rule(code=code, http=http, slow=max(0.0, slow), times=times)
+    rule = Rule(code=code, http=http, slow=max(0.0, slow), times=times)
+    if location:
+        rule.location = location
+    return rule
 
 
 def _rule_of(key: str, value: dict[str, Any], times: int | None) -> Rule | None:
@@ -281,16 +294,13 @@ def _rule_of(key: str, value: dict[str, Any], times: int | None) -> Rule | None:
     code, http, slow = value.get("code"), value.get("http"), value.get("slow", 0.0)
     code = None if code is None else int(_number(f"{key}.code", code, 0, 99))
     http = None if http is None else int(_number(f"{key}.http", http, 300, 599))
+    location = value.get("location")
+    if location is not None and (not isinstance(location, str) or not location):
+        raise ValueError(f"{key}.location: expected a URL")
     try:
-        rule = _rule(code, http, _number(f"{key}.slow", slow, 0.0), times)
+        return _rule(code, http, _number(f"{key}.slow", slow, 0.0), times, location)
     except ValueError as exc:
         raise ValueError(f"{key}: {exc}") from None
-    location = value.get("location")
-    if location is not None:
-        if not isinstance(location, str) or not location:
-            raise ValueError(f"{key}.location: expected a URL")
-        rule.location = location
-    return rule
 
 
 def _times(key: str, value: dict[str, Any], default: int | None) -> int | None:
