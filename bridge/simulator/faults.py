@@ -274,10 +274,10 @@ def _rule(
     times: int | None,
     location: str | None = None,
 ) -> Rule:
-    if (code is None) == (http is None) and not slow:
-        raise ValueError("a rule needs exactly one of code and http, or slow")
     if code is not None and http is not None:
         raise ValueError("a rule takes code or http, not both")
+    if code is None and http is None and not slow:
+        raise ValueError("a rule needs exactly one of code and http, or slow")
     if http is not None and not 300 <= http <= 599:
         raise ValueError(f"http: expected a 3xx, 4xx or 5xx status, got {http!r}")
     rule = Rule(code=code, http=http, slow=max(0.0, slow), times=times)
