@@ -103,6 +103,14 @@ class Metrics:
             ["connector", "kind", "outcome"],
             registry=r,
         )
+        # a resend after a timeout or an unreadable answer: OSCC may already have created
+        # the contact, so each one may be a duplicate there (OSCC has no idempotency key)
+        self.ambiguous_resends = Counter(
+            p + "ambiguous_resends_total",
+            "Messages resent to OSCC after an attempt whose outcome was unknown.",
+            ["connector"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             p + "queue_wait_seconds",
             "Time a message waited in its queue before forwarding.",
