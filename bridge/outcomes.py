@@ -5,7 +5,8 @@ Pure functions: the consumer (`bridge.consumer`) publishes what they build::
     dead letter   the original message (body, properties, headers) to ``<p>.dead`` under
                   its own ``<c>.*`` routing key, else ``<c>.contact.new`` /
                   ``<c>.stream.response`` (it came through the default exchange), plus
-                  headers oscc-error-code, oscc-error-text, oscc-dead-reason
+                  headers oscc-error-code, oscc-error-text, oscc-dead-reason,
+                  oscc-dead-at
     outcome       {"messageId", "publishedObjectId", "sourceId", "errorCode", "errorText",
                   "reason"?} (a stream response names its "id" instead of the two ids) to
                   ``<c>.contact.accepted|rejected`` and to the message's reply_to;
@@ -14,6 +15,7 @@ Pure functions: the consumer (`bridge.consumer`) publishes what they build::
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +138,7 @@ def dead_letter(
         "oscc-dead-reason": reason,
         "oscc-original-exchange": m.exchange or "",
         "oscc-original-routing-key": m.routing_key or "",
+        "oscc-dead-at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
     }
     copy = aio_pika.Message(
         m.body,
