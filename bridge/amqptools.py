@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -72,6 +73,8 @@ def explain(exc: BaseException, url: str, what: str = "") -> ToolError:
                 "in broker.url (or AMQP_URL)"
             )
         case aiormq.exceptions.ChannelNotFoundEntity():
+            missing = re.search(r"no (?:exchange|queue) '[^']*'", str(exc))
+            what = missing.group().removeprefix("no ") if missing else what
             return ToolError(
                 f"{what or 'a queue or exchange'} does not exist on {where}: start the "
                 "bridge with this configuration once (it declares it), or check "
@@ -206,7 +209,9 @@ async def send_contact(args: argparse.Namespace) -> int:
     key = topology.contact_new_key(connector)
     async with connected(config, f"exchange {topology.exchange!r}") as connection:
         channel = await connection.channel(publisher_confirms=True)
-        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+        # exclusive, not auto-delete: the wait below re-subscribes between status lines,
+        # and an auto-delete queue goes with its last consumer
+        replies = await channel.declare_queue(exclusive=True)
         exchange = await channel.get_exchange(topology.exchange, ensure=False)
         await exchange.publish(
             aio_pika.Message(

@@ -22,6 +22,7 @@ publishedObject.id.)
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ from bridge.oscc import codec
 from bridge.topology import Topology
 
 REPLAY_COUNT = "oscc-replay-count"
+RETURN_WAIT = 2.0  # seconds: at most this long for put-back messages to show as ready
 DEAD_AT = "oscc-dead-at"
 # Headers the consumer adds when it dead-letters; a replayed message leaves them behind
 # so that, should it die again, it says why it died that time.
@@ -184,15 +186,16 @@ async def _held(
 ) -> AsyncIterator[tuple[AbstractChannel, list[AbstractIncomingMessage]]]:
     """A confirming channel and every message now in the dead queue, taken (unacked).
 
-    Taken messages stay invisible to others until acked or until the channel closes,
-    when the broker puts back every one not acked. Only as many as the queue held at the
-    start are taken, so messages dead-lettered meanwhile wait for the next run.
+    Taken messages stay invisible to others until acked; those not acked are put back
+    at the end. Only as many as the queue held at the start are taken, so messages
+    dead-lettered meanwhile wait for the next run.
     """
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    name = topology.dead_queue(connector)
+    taken: list[AbstractIncomingMessage] = []
     try:
-        queue = await channel.declare_queue(topology.dead_queue(connector), passive=True)
+        queue = await channel.declare_queue(name, passive=True)
         count = queue.declaration_result.message_count or 0
-        taken: list[AbstractIncomingMessage] = []
         for _ in range(count):
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
@@ -201,7 +204,29 @@ async def _held(
         yield channel, taken
     finally:
         if not channel.is_closed:
+            await _put_back(channel, name, [m for m in taken if not m.processed])
             await channel.close()
+
+
+async def _put_back(
+    channel: AbstractChannel, queue: str, messages: list[AbstractIncomingMessage]
+) -> None:
+    """Requeue `messages` (in order) and wait, briefly, until the broker shows them ready.
+
+    The broker requeues asynchronously (a quorum queue through its log): without the wait,
+    a `list` run right after another could find the queue emptier than it is.
+    """
+    for message in messages:
+        await message.nack(requeue=True)
+    if not messages:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RETURN_WAIT
+    while loop.time() < deadline:
+        declared = await channel.declare_queue(queue, passive=True)
+        if (declared.declaration_result.message_count or 0) >= len(messages):
+            return
+        await asyncio.sleep(0.02)
 
 
 async def browse(

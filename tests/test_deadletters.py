@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,14 +115,27 @@ async def drain(connection: AbstractRobustConnection, queue: str) -> list[Any]:
 
 
 async def drain_copy(connection: AbstractRobustConnection, queue: str) -> list[Any]:
-    """Every message of `queue`, read and put back (the channel closes unacked)."""
+    """Every message of `queue`, read and put back (in order), once they show as ready."""
     channel = await connection.channel()
     q = await channel.declare_queue(queue, passive=True)
     out = []
     while (m := await q.get(no_ack=False, fail=False)) is not None:
         out.append(m)
+    for m in out:
+        await m.nack(requeue=True)
+    await wait_until_async(lambda: count(channel, queue), len(out))
     await channel.close()
     return out
+
+
+async def wait_until_async(
+    get: Callable[[], Awaitable[int]], want: int, within: float = 10.0
+) -> None:
+    """Poll `get()` until it is at least `want`."""
+    deadline = time.monotonic() + within
+    while (got := await get()) < want:
+        assert time.monotonic() < deadline, f"{got} < {want} after {within} s"
+        await asyncio.sleep(0.02)
 
 
 async def dead(path: Path, *args: str, within: float = 60.0) -> tuple[int, str, str]:
@@ -337,10 +350,7 @@ async def test_replay_killed_half_way_loses_nothing_and_doubles_nothing(
         ]
         return sum(counts)
 
-    deadline = time.monotonic() + 15
-    while await both() < n:  # nothing lost so far
-        assert time.monotonic() < deadline, counts
-        await asyncio.sleep(0.05)
+    await wait_until_async(both, n)  # nothing lost so far
     assert 0 < counts[1] < n, counts  # really half-way
     print(f"killed after {counts[1]} of {n} replayed")
 
