@@ -159,11 +159,25 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load(args)
+    from bridge import configcheck
+
+    report = configcheck.diagnose(args.config)
+    if report.config is None:
+        count = len(report.problems)
+        print(f"configuration error: {args.config}: {count} problem(s)", file=sys.stderr)
+        for problem in report.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    config = report.config
     print(f"{args.config}: OK")
-    print(f"  broker   {config_mod.mask_url(config.broker.url)} exchange={config.broker.exchange}")
+    for var, key in (("AMQP_URL", "broker.url"), ("OSCC_URL", "oscc.url")):
+        if os.environ.get(var):
+            print(f"  ({key} comes from {var})")
+    urls = ", ".join(config_mod.mask_url(u) for u in config.broker.all_urls)
+    print(f"  broker   {urls} exchange={config.broker.exchange}")
     print(f"  oscc     {config.oscc.url} verify_tls={config.oscc.verify_tls}")
     print(f"  webhook  {config.http.host}:{config.http.port}")
+    print(f"  spool    {config.spool.dir}")
     for c in config.connectors:
         print(f"  connector {c.name}: title={c.title} webhookURL={_public_webhook(config, c)}")
     return EXIT_OK
