@@ -524,3 +524,43 @@ def test_tail_line_of_a_rejection_shows_its_reason() -> None:
     line = describe("fb.contact.rejected", json.dumps(body).encode())
     assert "12 STRING_OUT_OF_BOUND" in line
     assert "$.source.name is 300 characters" in line
+
+
+# -- quick start truth ----------------------------------------------------------------------------
+
+
+def test_make_demo_installs_the_runtime_only() -> None:
+    """`make demo` installs the package without the test extra (tens of MB, not hundreds)."""
+    import shutil
+    import subprocess
+
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(
+        [make, "-n", "-B", "demo", "VENV=/nonexistent-venv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    installs = [line for line in result.stdout.splitlines() if "pip install" in line]
+    assert any(line.rstrip().endswith("-e .") for line in installs), result.stdout
+    assert not any("[test]" in line for line in installs), result.stdout
+
+
+def test_demo_config_uses_an_exchange_of_its_own() -> None:
+    from bridge import config
+
+    ann = config.load(ROOT / "config" / "demo.toml", {"USER": "ann"})
+    bob = config.load(ROOT / "config" / "demo.toml", {"USER": "bob"})
+    assert ann.broker.exchange == "oscc-demo-ann"
+    assert bob.broker.exchange != ann.broker.exchange
+    assert config.load(ROOT / "config" / "demo.toml", {}).broker.exchange == "oscc-demo-demo"
+
+
+def test_readme_links_the_security_notes() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "(docs/SECURITY.md)" in readme
+    assert (ROOT / "docs" / "SECURITY.md").is_file()
