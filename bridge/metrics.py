@@ -146,6 +146,14 @@ class Metrics:
             registry=r,
         )
 
+    def add_connector(self, name: str) -> None:
+        """Create the per-connector series that start at zero, so dashboards and rate()
+        see them before the first event (an absent series is not a zero)."""
+        self.ambiguous_resends.labels(name)
+        self.connector_owner.labels(name).set(0)
+        for reason in ("acquired", "released", "fenced"):
+            self.ownership_changes.labels(name, reason)
+
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
         return generate_latest(self.registry)
