@@ -329,6 +329,7 @@ class Consumer(Service):
         send = self._senders[work.kind.name]
         retried = self._metrics.forwards.labels(self.connector.name, work.kind.name, "retried")
         attempt = 0
+        ambiguous = False  # the last send may have reached OSCC: the next may duplicate it
         try:
             while True:
                 self._check(work)
@@ -338,6 +339,10 @@ class Consumer(Service):
                     # Transient when no session came in time: handled like OSCC being down.
                     token = await self._supervisor.token(timeout=self.token_timeout)
                     self._check(work)
+                    if ambiguous:
+                        ambiguous = False
+                        self._metrics.ambiguous_resends.labels(self.connector.name).inc()
+                        work.log.warning("consumer.ambiguous_resend")
                     with lane.busy():
                         answer = await send(token, body)
                 except errors.SessionLost as exc:
@@ -349,6 +354,7 @@ class Consumer(Service):
                     continue
                 except (errors.Transient, errors.StaleSession, errors.ConnectorRefused) as exc:
                     retried.inc()
+                    ambiguous = ambiguous or getattr(exc, "ambiguous", False)
                     if self._gate.failed(work):
                         delay = backoff_delay(
                             attempt, base=self.retry_base, cap=self.retry_cap, rng=self._rng
