@@ -491,6 +491,9 @@ async def test_failover_under_load_sigkill_twice_sigterm_once(
             else:
                 assert len(by_stop[k]) <= PREFETCH, report
                 assert traffic.stall_after(t) <= 15.0, report
+        # one registration for the whole run: every new owner resumed the session
+        registrations = [r.error_code for r in sim.records if r.endpoint == "registerConnector"]
+        assert registrations == [0]
         assert_never_two(fleet, sim)
 
 
@@ -536,7 +539,7 @@ async def test_start_without_the_broker_and_a_broker_stop_while_running(
 ) -> None:
     """Broker stopped before the bridge starts: it starts, answers webhooks 200 (spooled),
     /readyz 200; everything lands once the broker is back; the same for a stop while it
-    runs. Counted on the unrouted queue (nobody else binds `<c>.event.*`)."""
+    runs. Counted on a durable queue bound to `<c>.event.#` before the broker stops."""
     name, url = node
 
     async def post(bridge: BridgeProcess, first: int, count: int) -> None:
@@ -557,8 +560,16 @@ async def test_start_without_the_broker_and_a_broker_stop_while_running(
         async with aiohttp.ClientSession() as http, http.get(f"{bridge.url}/readyz") as r:
             return r.status, await r.json()
 
-    unrouted = Topology(prefix).unrouted
+    events = f"{prefix}.events"
     async with chaos_lock(), strict_simulator() as sim:
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            await Topology(prefix).declare(channel, [C])
+            queue = await channel.declare_queue(
+                events, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await queue.bind(prefix, f"{C}.event.#")
         await asyncio.to_thread(node_ctl, name, "stop_app")
         try:
             fleet = Fleet(sim, prefix, tmp_path, [url], 1)
@@ -573,7 +584,7 @@ async def test_start_without_the_broker_and_a_broker_stop_while_running(
         finally:
             await start_app(name, url)
         try:
-            await wait_for_depth(url, unrouted, 20)
+            await wait_for_depth(url, events, 20)
             await fleet.sole_owner()
             # and a stop while it runs
             await asyncio.to_thread(node_ctl, name, "stop_app")
@@ -584,7 +595,7 @@ async def test_start_without_the_broker_and_a_broker_stop_while_running(
                 await post(bridge, 20, 20)
             finally:
                 await start_app(name, url)
-            await wait_for_depth(url, unrouted, 40)
+            await wait_for_depth(url, events, 40)
             await fleet.sole_owner(within=60)
             assert bridge.running
             assert sim.state.max_live.get(TITLE, 0) == 1
@@ -594,12 +605,13 @@ async def test_start_without_the_broker_and_a_broker_stop_while_running(
 
 async def wait_for_depth(url: str, queue: str, want: int, within: float = 60.0) -> None:
     deadline = time.monotonic() + within
+    depth: int | str = "?"
     while True:
         with contextlib.suppress(Exception):
-            if await queue_depth(url, queue) == want:
+            if (depth := await queue_depth(url, queue)) == want:
                 return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{queue}: not {want} messages within {within} s")
+            raise TimeoutError(f"{queue}: {depth} messages, not {want}, within {within} s")
         await asyncio.sleep(0.2)
 
 
