@@ -780,8 +780,9 @@ def test_check_expr_catches_wrong_names_and_labels() -> None:
 def test_alerts_the_operator_needs() -> None:
     rules = {r["alert"]: r for r in alert_rules()}
     registered = rules["OsccBridgeConnectorNotRegistered"]
+    # per connector across instances: a standby never holds the session
     assert registered["expr"].strip() == (
-        'max without(state) (oscc_bridge_session_state{state=~"registered|degraded"}) == 0'
+        'max by (connector) (oscc_bridge_session_state{state=~"registered|degraded"}) == 0'
     )
     assert registered["for"] == "2m"
     assert rules["OsccBridgeConnectorDegraded"]["expr"].strip() == (
