@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from bridge.accepted import AcceptedLog
 from bridge.backoff import backoff_delay
@@ -44,6 +44,8 @@ from bridge.session import OnChange, SessionSupervisor
 from bridge.topology import SessionChange
 
 START_RETRY_BASE, START_RETRY_CAP = 0.5, 5.0
+STOP_TIMEOUT = 10.0  # each broker step of a stop (handover, closing channels)
+T = TypeVar("T")
 
 
 class Duty(Service):
@@ -93,15 +95,20 @@ class Duty(Service):
         await self.dedupe.start()
 
     async def compete(self) -> None:
-        """Join the contest for the connector's lease (the broker is up)."""
+        """Join the contest for the connector's lease (the broker is up). Idempotent, so
+        the caller retries it after a failure."""
         if self.ownership is not None:
             return
         c, connection = self.connector, self.broker.connection
-        self.accepted = AcceptedLog(
-            connection, topology=self.broker.topology, connector=c.name, max_age=self.dedupe.max_age
-        )
+        if self.accepted is None:
+            self.accepted = AcceptedLog(
+                connection,
+                topology=self.broker.topology,
+                connector=c.name,
+                max_age=self.dedupe.max_age,
+            )
         await self.accepted.start()
-        self.ownership = Ownership(
+        ownership = Ownership(
             connection,
             topology=self.broker.topology,
             connector=c.name,
@@ -115,7 +122,12 @@ class Duty(Service):
             on_suspended=self._suspended,
             on_lost=self._lost,
         )
-        await self.ownership.start()
+        try:
+            await ownership.start()
+        except BaseException:
+            await self._bounded(ownership.stop(), "ownership.stop")
+            raise
+        self.ownership = ownership
 
     async def stop(self) -> None:
         """Planned stop: stop consuming and drain, hand the lease over with the current
@@ -124,15 +136,26 @@ class Duty(Service):
         if ownership is not None:
             # Consumers first: nothing in flight when the next owner starts.
             await self._stop_consumer()
-            if ownership.role != "standby":
+            if ownership.role == "owner" and self.broker.connected:
                 token = self.supervisor.current_token if self.supervisor else None
-                handed = await ownership.release(token)
-                self._log.info("duty.handed_over", handed=handed, session=token is not None)
-            await ownership.stop()
+                handed = await self._bounded(ownership.release(token), "ownership.release")
+                self._log.info("duty.handed_over", handed=bool(handed), session=token is not None)
+            # Without the broker there is nothing to hand over: the broker requeued the
+            # lease when the link dropped. Bounded, as aio-pika may wait for a reconnect.
+            await self._bounded(ownership.stop(), "ownership.stop")
         await self._stop_session()
         if self.accepted is not None:
-            await self.accepted.stop()
+            await self._bounded(self.accepted.stop(), "accepted.stop")
         await self.dedupe.stop()
+
+    async def _bounded(self, op: Awaitable[T], what: str) -> T | None:
+        """`op`, given up after `STOP_TIMEOUT` s (logged) so a dead link cannot hold a stop."""
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                return await op
+        except TimeoutError:
+            self._log.warning("duty.stop_timeout", step=what, after=STOP_TIMEOUT)
+            return None
 
     # -- what /status and /readyz show ---------------------------------------------------
     @property

@@ -539,7 +539,7 @@ async def test_start_without_the_broker_and_a_broker_stop_while_running(
 ) -> None:
     """Broker stopped before the bridge starts: it starts, answers webhooks 200 (spooled),
     /readyz 200; everything lands once the broker is back; the same for a stop while it
-    runs. Counted on a durable queue bound to `<c>.event.#` before the broker stops."""
+    runs; and SIGTERM while the broker is away exits 0. Counted on a durable queue bound to `<c>.event.#` before the broker stops."""
     name, url = node
 
     async def post(bridge: BridgeProcess, first: int, count: int) -> None:
@@ -599,6 +599,15 @@ async def test_start_without_the_broker_and_a_broker_stop_while_running(
             await fleet.sole_owner(within=60)
             assert bridge.running
             assert sim.state.max_live.get(TITLE, 0) == 1
+            # SIGTERM with the broker away: a clean, prompt exit (nothing to hand over)
+            await asyncio.to_thread(node_ctl, name, "stop_app")
+            try:
+                await wait_http_status(bridge, lambda b: b["broker"] is False)
+                t = time.monotonic()
+                assert await bridge.stop(within=60) == 0
+                print(f"\nSIGTERM without the broker: exit 0 after {time.monotonic() - t:.2f} s")
+            finally:
+                await start_app(name, url)
         finally:
             await fleet.__aexit__()
 
