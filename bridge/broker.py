@@ -118,6 +118,7 @@ class Broker(Service):
         self._listeners: list[Callable[[], None]] = []
         self._rng = random.Random()
         self._failed: asyncio.Future[None] | None = None
+        self.attempts = 0  # connection attempts made by `start` and in the background
 
     @property
     def url(self) -> str:
@@ -176,6 +177,7 @@ class Broker(Service):
         urls = self.config.all_urls
         errors: list[str] = []
         for node in range(len(urls)):
+            self.attempts += 1
             connection = ClusterConnection(
                 urls,
                 first=node,

@@ -76,6 +76,7 @@ async def test_one_connector_end_to_end(
             assert registered.body["connector"] == "fb"
             assert registered.body["title"] == FB_TITLE
             assert registered.body["state"] == "registered"
+            assert registered.body["instance"] == bridge.instance  # which instance holds it
             assert "userCredentials" not in registered.body
             assert registered.message.app_id == "oscc-bridge"
             assert registered.message.type == "session.registered"

@@ -19,6 +19,7 @@ from bridge.broker import Broker
 from bridge.config import BrokerConfig
 from bridge.metrics import Metrics
 from bridge.topology import Topology
+from tests.conftest import AMQP_URL
 from tests.harness import close_connections_named, sample, wait_for
 
 C = "facebook"
@@ -76,3 +77,35 @@ async def test_not_connected_until_the_topology_is_declared_again(
         await channel.close()
     assert sample(metrics, "broker_connected") == 0
     assert events(captured_logs, "broker.reconnected")
+
+
+DEAD = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens on port 1
+
+
+async def test_the_first_node_that_answers_of_broker_urls(topology: Topology) -> None:
+    """broker.urls: a node that does not answer is passed over, at start and on reconnect
+    the next one is tried (ClusterConnection moves on whenever an attempt fails)."""
+    config = BrokerConfig(urls=[DEAD, AMQP_URL], exchange=topology.exchange)
+    async with Broker(config, topology, connectors=[C], metrics=Metrics()) as broker:
+        assert broker.connected
+        assert broker.url == AMQP_URL
+        await close_connections_named(f"oscc-bridge {topology.exchange}")
+        # the reconnect tries the dead node first (the next one in turn), then this one
+        await wait_for(lambda: broker.connected, 30)
+        assert broker.url == AMQP_URL
+
+
+async def test_without_a_broker_start_returns_and_connects_later(topology: Topology) -> None:
+    """background=True: no node answers, start returns at once, `up` is not set; the
+    broker keeps trying (here until the test stops it, which is prompt)."""
+    config = BrokerConfig(urls=[DEAD], exchange=topology.exchange)
+    broker = Broker(config, topology, connectors=[C], metrics=Metrics(), background=True)
+    broker.connect_base = broker.connect_cap = 0.05
+    async with broker:
+        assert not broker.connected
+        assert not broker.up.is_set()
+        with pytest.raises(RuntimeError, match="not connected yet"):
+            broker.connection  # noqa: B018
+        await wait_for(lambda: broker.attempts >= 4, 10)  # retried, none fatal
+        assert not broker.failed.done()
+        assert not broker.connected

@@ -539,7 +539,8 @@ async def test_start_without_the_broker_and_a_broker_stop_while_running(
 ) -> None:
     """Broker stopped before the bridge starts: it starts, answers webhooks 200 (spooled),
     /readyz 200; everything lands once the broker is back; the same for a stop while it
-    runs; and SIGTERM while the broker is away exits 0. Counted on a durable queue bound to `<c>.event.#` before the broker stops."""
+    runs; and SIGTERM while the broker is away exits 0. Counted on a durable queue bound
+    to `<c>.event.#` before the broker stops."""
     name, url = node
 
     async def post(bridge: BridgeProcess, first: int, count: int) -> None:
