@@ -31,7 +31,7 @@ from bridge.publisher import Publisher
 from bridge.spool import Spool
 from bridge.topology import Topology
 from bridge.webhook import add_routes, server_options
-from tests.harness import close_connections_named, message_count, sample, wait_for
+from tests.harness import close_connections_named, message_count, sample, wait_until
 
 GUIDE = Path(__file__).resolve().parent / "data" / "guide"
 FB, MAIL = "facebook", "email"
@@ -94,7 +94,7 @@ class Ingress:
             return r.status, answer, r.headers
 
     async def wait(self, n: int) -> list[AbstractIncomingMessage]:
-        await wait_for(lambda: len(self.received) >= n)
+        await wait_until(lambda: len(self.received) >= n)
         return self.received
 
     async def unrouted(self) -> int:
@@ -429,7 +429,7 @@ async def test_broker_gone_spools_and_spool_full_answers_503(
 ) -> None:
     async with running(prefix, tmp_path, amqp, spool_max=4096) as ing:
         assert await close_connections_named(f"oscc-bridge {prefix}") == 1
-        await wait_for(lambda: not ing.publisher.connected)
+        await wait_until(lambda: not ing.publisher.connected)
         answered = []
         for i in range(100):
             status, answer, headers = await ing.post(f"/webhook/{FB}", event(i))
@@ -447,7 +447,7 @@ async def test_broker_gone_spools_and_spool_full_answers_503(
         # The broker is back after the reconnect interval: everything answered arrives,
         # in order, once; the refused one does not.
         messages = await ing.wait(len(answered))
-        await wait_for(lambda: ing.spool.messages == 0)
+        await wait_until(lambda: ing.spool.messages == 0)
         await asyncio.sleep(0.2)
         assert [json.loads(m.body)["n"] for m in messages] == answered
         status, answer, _ = await ing.post(f"/webhook/{FB}", event(1000))

@@ -16,8 +16,9 @@ Faults, once per cycle of 60 s (scaled down when SOAK_SECONDS is shorter), one a
 for the broker and the process: 5xx window, latency window, RabbitMQ stop_app/start_app,
 NOT_READY window, every session dropped, the bridge SIGKILLed and restarted (in the first
 half of the cycles only, so that the last bridge process runs through the second half and
-its memory can be watched over minutes in the 10-minute run). The whole test holds
-/tmp/oscc-chaos.lock.
+its memory can be watched over minutes in the 10-minute run). RabbitMQ is a private node
+of the session's own (the `broker` fixture), never the machine's shared one; the whole
+test holds /tmp/oscc-chaos.lock all the same, so other chaos runs do not skew its timing.
 
 Then it waits (with a deadline) until everything settled, prints a report and asserts:
 every contact reached OSCC exactly once and in per-source order (except a contact OSCC
@@ -41,7 +42,6 @@ import contextlib
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,21 +50,18 @@ import aio_pika
 import msgspec
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
-from harness import (
-    AMQP_URL,
-    ROOT,
-    BridgeProcess,
-    bridge_config,
-    broker_outage,
-    chaos_lock,
-    free_port,
-    restore_broker,
-    wait_until,
-)
 
 from bridge.simulator import Simulator, WebhookCall
 from bridge.topology import Topology
-from tests.harness import message_count
+from tests.harness import (
+    ROOT,
+    BridgeProcess,
+    RabbitNode,
+    bridge_config,
+    chaos_lock,
+    free_port,
+    wait_until,
+)
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 RATE = float(os.environ.get("SOAK_RATE", "20"))  # contacts per second, all sources together
@@ -247,7 +244,9 @@ def backend_handler(run: Run, channel: aio_pika.abc.AbstractChannel) -> Any:
 # --- faults --------------------------------------------------------------------------------
 
 
-async def faults(run: Run, sim: Simulator, bridge: BridgeProcess, start: float) -> None:
+async def faults(
+    run: Run, sim: Simulator, bridge: BridgeProcess, broker: RabbitNode, start: float
+) -> None:
     """Inject the cycle's faults, one after the other, each restored before the next."""
     scale = CYCLE / 60.0
     plan: list[tuple[float, str]] = [
@@ -264,10 +263,12 @@ async def faults(run: Run, sim: Simulator, bridge: BridgeProcess, start: float) 
             if fault not in ENABLED or (fault == "sigkill" and cycle >= kill_cycles):
                 continue
             run.faults[fault] += 1
-            await inject(run, sim, bridge, fault, scale)
+            await inject(run, sim, bridge, broker, fault, scale)
 
 
-async def inject(run: Run, sim: Simulator, bridge: BridgeProcess, fault: str, scale: float) -> None:
+async def inject(
+    run: Run, sim: Simulator, bridge: BridgeProcess, broker: RabbitNode, fault: str, scale: float
+) -> None:
     """One fault, for its window (the window is the fault's length, not a wait)."""
     match fault:
         case "5xx":
@@ -284,7 +285,7 @@ async def inject(run: Run, sim: Simulator, bridge: BridgeProcess, fault: str, sc
                 sim.faults.latency = 0.0
         case "broker":
             began = time.monotonic()
-            async with broker_outage():
+            async with broker.outage():
                 await asyncio.sleep(5 * scale)
             run.outages.append(time.monotonic() - began)
         case "not_ready":
@@ -316,26 +317,22 @@ async def sample(run: Run, bridge: BridgeProcess) -> None:
 # --- the test ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def broker_restored() -> Iterator[None]:
-    """RabbitMQ running again after the test, even if a timeout cut an outage short."""
-    yield
-    restore_broker()
-
-
 @pytest.mark.timeout(SOAK_SECONDS + 1800)
-@pytest.mark.usefixtures("broker_restored")
-async def test_soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_soak(
+    prefix: str, tmp_path: Path, broker: RabbitNode, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with chaos_lock():
-        await soak(prefix, tmp_path, capsys)
+        await soak(prefix, tmp_path, broker, capsys)
 
 
-async def soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def soak(
+    prefix: str, tmp_path: Path, broker: RabbitNode, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = Run(prefix)
     topology = Topology(prefix, "quorum")
     audit_q, backend_q, outcome_q = (f"{prefix}.soak.{n}" for n in ("audit", "backend", "outcomes"))
     port = free_port()
-    connection = await aio_pika.connect_robust(AMQP_URL)
+    connection = await aio_pika.connect_robust(broker.url)
     try:
         async with (
             Simulator(
@@ -355,6 +352,7 @@ async def soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                     connectors=[(C, TITLE, TOKEN)],
                     keepalive=2.0,
                     request_timeout=5.0,
+                    amqp_url=broker.url,
                 ),
                 port=port,
                 workdir=tmp_path,
@@ -399,7 +397,7 @@ async def soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                 async with asyncio.TaskGroup() as tg:
                     for src in range(SOURCES):
                         tg.create_task(source(run, exchange, src, start, end))
-                    tg.create_task(faults(run, sim, bridge, start))
+                    tg.create_task(faults(run, sim, bridge, broker, start))
                 traffic_seconds = time.monotonic() - start
                 settled = await settle(run, sim, bridge)
                 run.rss_end, run.hwm_end = bridge.rss_kb(), bridge.hwm_kb()
@@ -408,9 +406,9 @@ async def soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                 sampler.cancel()
                 sim.faults.clear()
             exit_code = await bridge.stop()
-            unrouted = await message_count(topology.unrouted)
+            unrouted = await broker.message_count(topology.unrouted)
             unrouted_keys = await peek(channel, topology.unrouted)
-            dead = await message_count(topology.dead_queue(C))
+            dead = await broker.message_count(topology.dead_queue(C))
             report, failures = judge(run, sim, unrouted, unrouted_keys, dead)
             report += (
                 f"\ntraffic {traffic_seconds:.0f} s, settled: {settled}; final SIGTERM exit "
