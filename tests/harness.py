@@ -199,19 +199,21 @@ class BridgeProcess:
 
     async def wait_ready(self, within: float = 60.0) -> None:
         """Poll /readyz until 200; RuntimeError (with the log's tail) if the process exits."""
-        deadline = time.monotonic() + within
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            while True:
+
+            async def ready() -> bool:
                 if not self.running:
                     rc = self.proc.returncode if self.proc else None
                     raise RuntimeError(f"bridge exited with {rc}:\n{self.log_tail()}")
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with http.get(f"{self.url}/readyz") as r:
-                        if r.status == 200:
-                            return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"bridge not ready within {within} s:\n{self.log_tail()}")
-                await asyncio.sleep(0.1)
+                        return r.status == 200
+                return False
+
+            try:
+                await wait_until(ready, within, "bridge ready")
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}:\n{self.log_tail()}") from None
 
     async def status(self) -> dict[str, Any]:
         """GET /status."""
@@ -494,16 +496,16 @@ async def chaos_lock(within: float = 1800.0) -> AsyncIterator[None]:
         yield
         return
     fd = os.open(CHAOS_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+
+    def taken() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + within
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{CHAOS_LOCK} held for over {within} s") from None
-                await asyncio.sleep(0.5)
+        await wait_until(taken, within, f"{CHAOS_LOCK} free")
         try:
             yield
         finally:

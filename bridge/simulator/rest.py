@@ -121,6 +121,7 @@ class OsccApi:
     async def handle(self, endpoint: str, request: web.Request) -> web.StreamResponse:
         """Run one REST call through the fault gate and its command; record it."""
         call = await _read(endpoint, request)
+        self.state.arrived[endpoint] += 1
         if self.faults.latency > 0:
             await asyncio.sleep(self.faults.latency)
         if self.faults.draw_5xx():

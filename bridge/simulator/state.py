@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -115,6 +116,9 @@ class State:
     sessions: dict[str, Session] = field(default_factory=dict, repr=False)
     records: list[Record] = field(default_factory=list, repr=False)
     webhook_calls: list[WebhookCall] = field(default_factory=list, repr=False)
+    # endpoint -> REST calls received, counted on arrival (a record is made on answering,
+    # after any latency): tests wait on it for "the request is at OSCC, unanswered".
+    arrived: Counter[str] = field(default_factory=Counter, repr=False)
     # title -> webhookURL of its latest registration; outlives the session, so a contact
     # accepted before an OSCC restart still gets its reply once the connector is back.
     webhooks: dict[str, str] = field(default_factory=dict, repr=False)
@@ -188,3 +192,4 @@ class State:
         """Forget records and webhook calls (not sessions)."""
         self.records.clear()
         self.webhook_calls.clear()
+        self.arrived.clear()

@@ -15,7 +15,6 @@ restart it::
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import json
@@ -47,6 +46,7 @@ from tests.harness import (
     bridge_config,
     chaos_lock,
     free_port,
+    wait_until,
 )
 
 pytestmark = pytest.mark.chaos
@@ -129,6 +129,13 @@ class Run:
                     return float(sample.value)
         return 0.0
 
+    async def broker_lost(self) -> bool:
+        """The running bridge reports its broker connection lost (/status)."""
+        try:
+            return not (await self.bridge.status())["broker"]["connected"]
+        except aiohttp.ClientError:
+            return False
+
     def accepted(self) -> list[str]:
         return [b["publishedObject"]["id"] for b in self.sim.contacts(TITLE)]
 
@@ -151,8 +158,8 @@ class Run:
         await self.sim.wait_for(lambda: self.unique() >= unique, timeout=60)
         assert await self.bridge.kill() == -signal.SIGKILL
         # requests that reached the simulator before the kill are still answered (to
-        # nobody): wait until it has been quiet for a moment
-        await quiet(self.sim)
+        # nobody): wait for their records
+        await all_answered(self.sim)
         keys = self.remembered()
         return {
             po for po in set(self.accepted()) if f"contact:m:{self.message_ids[po]}" not in keys
@@ -175,11 +182,15 @@ class Run:
         return len(window), len(doubled)
 
 
-async def quiet(sim: Simulator, for_: float = 0.3) -> None:
-    seen = -1
-    while len(sim.records) != seen:
-        seen = len(sim.records)
-        await asyncio.sleep(for_)
+def answered(sim: Simulator) -> bool:
+    """Every REST call that reached the simulator has its record (made on answering)."""
+    return sum(sim.state.arrived.values()) == len(sim.records)
+
+
+async def all_answered(sim: Simulator) -> None:
+    """Wait until every call that reached the simulator was answered and recorded. Once
+    the bridge is stopped or killed, nothing else arrives: the records are final."""
+    await wait_until(lambda: answered(sim), 10, "every call at OSCC answered")
 
 
 @contextlib.asynccontextmanager
@@ -215,8 +226,8 @@ async def test_sigkill_mid_stream_twice_nothing_lost_duplicates_only_in_the_cras
             window |= await run.kill_at(at)
         await run.bridge.start()
         await run.sim.wait_for(lambda: run.unique() == n, timeout=90)
-        await quiet(run.sim)
         assert await run.bridge.stop() == 0, run.bridge.log_tail()
+        await all_answered(run.sim)
         in_window, doubled = run.check(window)
         # the window is bounded by what can be in flight at once (prefetch 64 per kill)
         assert in_window <= 2 * 64
@@ -236,11 +247,18 @@ async def test_sigkill_while_paused_then_restart_delivers_each_contact_exactly_o
         await run.bridge.start()
         await run.sim.wait_for(lambda: run.unique() >= 300, timeout=60)
         run.sim.faults.not_ready(3600)
-        await run.sim.wait_for(
-            lambda: run.sim.records and run.sim.records[-1].error_code == 7, timeout=10
-        )
-        await quiet(run.sim)  # only the prober's backoff calls now
-        assert run.sim.records[-1].error_code == 7
+
+        def paused() -> bool:
+            """Only the prober's refused calls now: every call answered, the last with 7,
+            and every contact OSCC accepted before the pause remembered."""
+            keys = run.remembered()
+            return (
+                answered(run.sim)
+                and run.sim.records[-1].error_code == 7
+                and all(f"contact:m:{run.message_ids[po]}" in keys for po in run.accepted())
+            )
+
+        await wait_until(paused, 10, "the consumer paused")
         assert await run.bridge.kill() == -signal.SIGKILL
         accepted = set(run.accepted())
         keys = run.remembered()
@@ -248,8 +266,8 @@ async def test_sigkill_while_paused_then_restart_delivers_each_contact_exactly_o
         run.sim.faults.not_ready(0)
         await run.bridge.start()
         await run.sim.wait_for(lambda: run.unique() == n, timeout=60)
-        await quiet(run.sim)
         assert await run.bridge.stop() == 0, run.bridge.log_tail()
+        await all_answered(run.sim)
         assert run.check(set()) == (0, 0)
         assert len(run.accepted()) == n
         got = run.accepted()
@@ -275,25 +293,27 @@ async def test_broker_restart_mid_stream_sends_each_contact_exactly_once(
         await run.sim.wait_for(lambda: run.unique() >= 400, timeout=60)
         async with broker.outage():
             at_stop = run.unique()
-            await asyncio.sleep(2.0)
+            await wait_until(run.broker_lost, 30, "the bridge noticed the broker gone")
         await run.wait(lambda: run.unique() == n, "every contact at OSCC", within=120)
-        await quiet(run.sim)
         assert at_stop < n, "the outage came too late to matter"
         assert await run.bridge.stop() == 0, run.bridge.log_tail()
+        await all_answered(run.sim)
         # What the bridge had not acked when it stopped is back in the queue: contacts OSCC
         # already has. Counted with no consumer attached, every one must come back as a
         # duplicate on the next run, and not one may reach OSCC again.
         left = await run.broker.message_count(run.topology.contact_queue(C))
         await run.bridge.start()
-        deadline = asyncio.get_running_loop().time() + 60
-        while (seen := await run.duplicates()) < left:
-            if asyncio.get_running_loop().time() > deadline:
-                tail = run.bridge.log_tail(60)
-                pytest.fail(f"{seen} of {left} redelivered contacts acked\n{tail}")
-            await asyncio.sleep(0.2)
-        assert seen == left
-        await quiet(run.sim)
+
+        async def acked_all() -> bool:
+            return await run.duplicates() >= left
+
+        try:
+            await wait_until(acked_all, 60, f"all {left} redelivered contacts acked")
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}\n{run.bridge.log_tail(60)}")
+        assert await run.duplicates() == left
         assert await run.bridge.stop() == 0, run.bridge.log_tail()
+        await all_answered(run.sim)
         print(f"\nbroker restart: {left} contacts still queued at the stop, all duplicates")
         assert run.check(set()) == (0, 0)
         assert len(run.accepted()) == n  # not one contact twice

@@ -164,7 +164,7 @@ async def source(
         if due >= end:
             return
         if (delay := due - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # the traffic's rate: part of the scenario
         mid, body = contact(run, src, seq)
         message = aio_pika.Message(
             body, message_id=mid, content_type="application/json", delivery_mode=2
@@ -178,7 +178,7 @@ async def source(
             except Exception:
                 # Broker away or confirm lost: the same message again (the bridge dedupes).
                 run.publish_retries += 1
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # a back-end's retry pause: part of the scenario
         run.published[mid] = (src, seq)
         seq += 1
 
@@ -259,7 +259,7 @@ async def faults(
         for offset, fault in plan:
             due = start + cycle * CYCLE + offset * scale
             if (delay := due - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # the fault schedule: part of the scenario
             if fault not in ENABLED or (fault == "sigkill" and cycle >= kill_cycles):
                 continue
             run.faults[fault] += 1
@@ -274,19 +274,19 @@ async def inject(
         case "5xx":
             sim.faults.error_5xx_rate = 0.2
             try:
-                await asyncio.sleep(6 * scale)
+                await asyncio.sleep(6 * scale)  # the fault window
             finally:
                 sim.faults.error_5xx_rate = 0.0
         case "latency":
             sim.faults.latency = 0.15
             try:
-                await asyncio.sleep(5 * scale)
+                await asyncio.sleep(5 * scale)  # the fault window
             finally:
                 sim.faults.latency = 0.0
         case "broker":
             began = time.monotonic()
             async with broker.outage():
-                await asyncio.sleep(5 * scale)
+                await asyncio.sleep(5 * scale)  # the outage window
             run.outages.append(time.monotonic() - began)
         case "not_ready":
             sim.faults.not_ready(4 * scale)
@@ -305,7 +305,7 @@ async def inject(
 async def sample(run: Run, bridge: BridgeProcess) -> None:
     """Every 2 s: RSS of the bridge and its spool depth, while it runs."""
     while True:
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # the sampling period
         rss = bridge.rss_kb()
         if rss is None:
             continue  # between a SIGKILL and the restart
@@ -406,6 +406,8 @@ async def soak(
                 sampler.cancel()
                 sim.faults.clear()
             exit_code = await bridge.stop()
+            if settled is True:
+                settled = await fence(run, sim, channel, audit_q)
             unrouted = await broker.message_count(topology.unrouted)
             unrouted_keys = await peek(channel, topology.unrouted)
             dead = await broker.message_count(topology.dead_queue(C))
@@ -433,8 +435,8 @@ async def soak(
 
 
 async def settle(run: Run, sim: Simulator, bridge: BridgeProcess) -> bool | str:
-    """Wait until everything sent reached its other side and nothing moves any more;
-    True, or what did not happen within the deadline."""
+    """Wait until everything sent reached its other side and the spool is empty; True,
+    or what did not happen within the deadline (`fence`, after the stop, makes it final)."""
     steps: list[tuple[str, Any]] = [
         ("every contact at OSCC", lambda: set(run.published) <= contact_ids(sim)),
         ("the agent finished", lambda: sim.idle),
@@ -447,25 +449,40 @@ async def settle(run: Run, sim: Simulator, bridge: BridgeProcess) -> bool | str:
     within = 120 + SOAK_SECONDS / 5
     deadline = time.monotonic() + within
     try:
+
+        async def spool_empty() -> bool:
+            return bool((await bridge.status())["spool"]["messages"] == 0)
+
+        steps.append(("the spool empty", spool_empty))
         for what, cond in steps:
             await wait_until(cond, max(1.0, deadline - time.monotonic()), what)
-        spool_left = -1
-        while spool_left != 0:
-            spool_left = (await bridge.status())["spool"]["messages"]
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"spool still holds {spool_left}")
-            await asyncio.sleep(0.2)
-        # Late copies (a retry still under way) would show within this quiet period.
-        last, quiet_since = (-1, -1), time.monotonic()
-        while time.monotonic() - quiet_since < 3.0:
-            now = (len(run.seen), len(sim.records) - keepalives(sim))
-            if now != last:
-                last, quiet_since = now, time.monotonic()
-            if time.monotonic() > deadline + 30:
-                raise TimeoutError("traffic did not stop")
-            await asyncio.sleep(0.2)
     except TimeoutError as exc:
         return str(exc)
+    return True
+
+
+async def fence(
+    run: Run, sim: Simulator, channel: aio_pika.abc.AbstractChannel, audit_q: str
+) -> bool | str:
+    """After the final stop: count what was still on its way, then nothing more can come.
+
+    The stopped bridge sends nothing more, so once every call that reached OSCC has its
+    record, OSCC's side is final; and a sentinel published to the audit queue now queues
+    behind every copy the bridge published (each confirmed before it stopped), so once
+    the audit consumer has it, the broker's side is final too. True, or what did not
+    happen in time."""
+    marker = f"{run.prefix}-fence"
+    try:
+        await wait_until(
+            lambda: sum(sim.state.arrived.values()) == len(sim.records), 30, "OSCC answered all"
+        )
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"{}", message_id=marker), routing_key=audit_q, timeout=10
+        )
+        await wait_until(lambda: marker in run.seen_ids, 30, "the sentinel on the audit queue")
+    except TimeoutError as exc:
+        return str(exc)
+    run.seen = [s for s in run.seen if s.message_id != marker]
     return True
 
 
@@ -487,10 +504,6 @@ def stream_ids(sim: Simulator) -> set[str]:
 
 def stream_response_ids(sim: Simulator) -> set[str]:
     return {str(b["id"]) for b in sim.stream_responses(TITLE)}
-
-
-def keepalives(sim: Simulator) -> int:
-    return sum(1 for r in sim.records if r.endpoint in ("keepalive", "registerConnector"))
 
 
 async def peek(channel: aio_pika.abc.AbstractChannel, queue: str, n: int = 5) -> list[str]:
