@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from bridge.lanes import Gate, Lane, Lanes
+from tests.harness import wait_until
 
 
 class Recorder:
@@ -82,7 +83,7 @@ async def test_drain_cancels_idle_lanes_and_waits_for_busy_ones() -> None:
     await work.wait("start", "idle", "busy")
     stopping.set()
     drained = asyncio.create_task(lanes.drain(timeout=5))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: len(lanes) == 1, 5, "the idle lane cancelled")
     assert not drained.done()  # the busy one holds it
     work.hold["busy"].set()
     assert await drained == 0
@@ -112,10 +113,10 @@ async def test_gate_lets_only_the_prober_through_until_it_succeeds() -> None:
     assert gate.failed(other) is False  # one prober at a time
     await gate.wait(prober)  # the prober is never held by its own gate
     waiting = asyncio.create_task(gate.wait(other))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop step, not a timed wait: the task runs until it blocks
     assert not waiting.done()
     gate.release(other)  # not the prober: nothing changes
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop step: the task would run, were it woken
     assert not waiting.done()
     gate.release(prober)
     async with asyncio.timeout(1):
