@@ -349,13 +349,13 @@ async def test_consumer_start_gives_up_when_the_broker_went_away_first(
         )
         try:
             async with (
-                Broker(config.broker, topology, connectors=[C], metrics=metrics) as broker,
-                Publisher(broker) as pub,
+                Broker(config.broker, topology, connectors=[C], metrics=metrics) as link,
+                Publisher(link) as pub,
                 OsccClient(config.oscc, connector=C, metrics=metrics) as client,
             ):
                 supervisor = SessionSupervisor(config, config.connectors[0], client, metrics)
                 consumer = Consumer(
-                    config, config.connectors[0], broker, pub, supervisor, client, metrics,
+                    config, config.connectors[0], link, pub, supervisor, client, metrics,
                     start_timeout=2.0,
                 )  # fmt: skip
                 async with broker.outage():
