@@ -3,7 +3,7 @@
 Each component is an async context manager entered on one AsyncExitStack, so teardown
 runs in reverse order::
 
-    spool -> publisher -> HTTP listeners -> OSCC clients -> supervisors -> consumers
+    spool -> broker -> publisher -> HTTP listeners -> OSCC clients -> supervisors -> consumers
 
 On stop, consumers drain first (in-flight contacts finish or go back to their queue),
 then sessions stop, then the webhook listener closes (it keeps accepting OSCC's calls
@@ -22,7 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge import logs
+from bridge import logs, tls
+from bridge.broker import Broker
 from bridge.config import Config, ConnectorConfig
 from bridge.consumer import Consumer
 from bridge.health import Health
@@ -51,6 +52,7 @@ class Bridge:
         self.supervisors: dict[str, SessionSupervisor] = {}
         self.consumers: dict[str, Consumer] = {}
         self.ports: dict[str, int] = {}  # "webhook" and, when separate, "admin"
+        self.tls: tls.ServerTls | None = None  # the webhook listener's, when it speaks HTTPS
         self._stack = contextlib.AsyncExitStack()
         for url in config.broker.all_urls:
             logs.register_secret(urllib.parse.urlsplit(url).password)
@@ -76,18 +78,13 @@ class Bridge:
             Path(config.spool.dir), max_bytes=config.spool.max_bytes, metrics=self.metrics
         )
         await stack.enter_async_context(self.spool)
-        self.publisher = await stack.enter_async_context(
-            Publisher(
-                config.broker,
-                self.topology,
-                connectors=names,
-                metrics=self.metrics,
-                spool=self.spool,
-            )
+        self.broker = await stack.enter_async_context(
+            Broker(config.broker, self.topology, connectors=names, metrics=self.metrics)
         )
+        self.publisher = await stack.enter_async_context(Publisher(self.broker, spool=self.spool))
         self.health = Health(
             metrics=self.metrics,
-            publisher=self.publisher,
+            broker=self.broker,
             spool=self.spool,
             supervisors=self.supervisors,
         )
@@ -107,7 +104,7 @@ class Bridge:
             consumer = Consumer(
                 config,
                 c,
-                self.topology,
+                self.broker,
                 self.publisher,
                 self.supervisors[c.name],
                 clients[c.name],
@@ -115,7 +112,7 @@ class Bridge:
             )
             self.consumers[c.name] = await stack.enter_async_context(consumer)
         log.info(
-            "bridge started",
+            "bridge.started",
             connectors=names,
             webhook_port=self.ports.get("webhook"),
             exchange=self.topology.exchange,
@@ -125,6 +122,7 @@ class Bridge:
     async def _http(self) -> AsyncIterator[None]:
         """The webhook listener and, when configured apart, the admin listener."""
         cfg = self.config.http
+        self.tls = tls.ServerTls(cfg) if tls.enabled(cfg) else None
         app = web.Application(client_max_size=cfg.max_body_bytes)
         add_webhook_routes(app, self.config, self.publisher, self.metrics)
         separate = bool(cfg.admin_port or cfg.admin_host)
@@ -148,13 +146,19 @@ class Bridge:
                     if role == "admin"
                     else (cfg.host, cfg.port)
                 )
-                site = web.TCPSite(runner, host, port)
+                context = self.tls.context if self.tls and role == "webhook" else None
+                site = web.TCPSite(runner, host, port, ssl_context=context)
                 await site.start()
                 self.ports[role] = _bound_port(runner)
             yield
         finally:
             for runner, _ in reversed(runners):
                 await runner.cleanup()
+
+    def reload_tls(self) -> bool:
+        """Re-read the TLS files for new webhook handshakes (SIGHUP); False when it failed
+        (the old certificate stays) or the listener has no TLS."""
+        return self.tls.reload() if self.tls else False
 
     def _on_session_change(self, c: ConnectorConfig) -> Any:
         async def publish(change: SessionChange, body: dict[str, Any]) -> None:
@@ -171,9 +175,24 @@ def _bound_port(runner: web.AppRunner) -> int:
     return 0
 
 
-async def run(config: Config, stop: asyncio.Event) -> None:
-    """Run the bridge until `stop` is set, then shut down in order."""
-    async with Bridge(config):
+async def run(config: Config, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
+    """Run the bridge until `stop` is set, then shut down in order; each time `reload` is
+    set, re-read the TLS files."""
+    async with Bridge(config) as bridge:
+        watcher = asyncio.create_task(_reload_on(reload, bridge)) if reload else None
         await stop.wait()
-        log.info("stopping: draining consumers, then closing sessions and listeners")
-    log.info("stopped")
+        if watcher:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        log.info("bridge.stopping", order="consumers, sessions, listeners, broker")
+    log.info("bridge.stopped")
+
+
+async def _reload_on(reload: asyncio.Event, bridge: Bridge) -> None:
+    while True:
+        await reload.wait()
+        reload.clear()
+        try:
+            bridge.reload_tls()
+        except Exception:  # the watcher must outlive one bad reload
+            log.exception("tls.reload_failed")

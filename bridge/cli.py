@@ -94,13 +94,30 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args)
+    if not _report_tls(config):
+        return EXIT_CONFIG
     print(f"{args.config}: OK")
     print(f"  broker   {config_mod.mask_url(config.broker.url)} exchange={config.broker.exchange}")
     print(f"  oscc     {config.oscc.url} verify_tls={config.oscc.verify_tls}")
-    print(f"  webhook  {config.http.host}:{config.http.port}")
+    tls = (
+        " https" + (" client-cert" if config.http.tls_client_ca else "")
+        if config.http.tls_cert
+        else ""
+    )
+    print(f"  webhook  {config.http.host}:{config.http.port}{tls}")
     for c in config.connectors:
         print(f"  connector {c.name}: title={c.title} webhookURL={_public_webhook(config, c)}")
     return EXIT_OK
+
+
+def _report_tls(config: config_mod.Config) -> bool:
+    """Print what is wrong with the TLS files; False when the bridge could not serve them."""
+    from bridge import tls
+
+    problems = tls.check_files(config.http)
+    for p in problems:
+        print(f"{'configuration error' if p.level == 'error' else 'warning'}: {p}", file=sys.stderr)
+    return not any(p.level == "error" for p in problems)
 
 
 def _public_webhook(config: config_mod.Config, c: config_mod.ConnectorConfig) -> str:
@@ -113,10 +130,22 @@ def _run(args: argparse.Namespace) -> int:
     from bridge import app, logs
 
     logs.configure(config.log.level, config.log.format)
+
+    async def body(stop: asyncio.Event) -> None:
+        reload = asyncio.Event()  # SIGHUP: re-read the webhook's TLS files
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        try:
+            await app.run(config, stop, reload)
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+
     try:
-        asyncio.run(_until_signal(lambda stop: app.run(config, stop)))
+        asyncio.run(_until_signal(body))
+    except ConfigError:
+        raise  # found at start-up (TLS files, spool.dir in use): main() exits 3
     except BridgeError as exc:
-        logs.get_logger("bridge").error("bridge stopped on an error", error=str(exc))
+        logs.get_logger("bridge").error("bridge.failed", error=str(exc))
         return EXIT_ERROR
     return EXIT_OK
 

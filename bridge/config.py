@@ -251,9 +251,30 @@ def _check(config: Config) -> None:
             raise ConfigError(
                 f"{key}: {mask_url(url)!r} must start with {' or '.join(schemes)}", key=key
             )
+    _check_tls(config.http)
     if config.oscc.ca_file and not Path(config.oscc.ca_file).is_file():
         raise ConfigError(
             f"oscc.ca_file: {config.oscc.ca_file!r} is not a file", key="oscc.ca_file"
+        )
+
+
+def _check_tls(http: HttpConfig) -> None:
+    """The TLS keys go together; what the files hold is checked by ``check-config``."""
+    if bool(http.tls_cert) != bool(http.tls_key):
+        key, other = ("http.tls_key", "http.tls_cert")
+        if not http.tls_cert:
+            key, other = other, key
+        raise ConfigError(f"{key}: must be set together with {other}", key=key)
+    if http.tls_client_ca and not http.tls_cert:
+        raise ConfigError(
+            "http.tls_client_ca: needs http.tls_cert and http.tls_key (mutual TLS is TLS)",
+            key="http.tls_client_ca",
+        )
+    if http.tls_cert and not http.public_url.startswith("https://"):
+        raise ConfigError(
+            f"http.public_url: {http.public_url!r} must start with https:// when "
+            "http.tls_cert is set (OSCC calls the listener over TLS)",
+            key="http.public_url",
         )
 
 

@@ -30,15 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     ExchangeType,
@@ -46,70 +42,29 @@ from aio_pika.abc import (
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from bridge import errors
+from bridge.backoff import backoff_delay
+from bridge.broker import Broker
 from bridge.config import Config, ConnectorConfig
 from bridge.dedupe import DedupeStore
+from bridge.delivery import Abandoned, Kind, MessageKind, Work, decode, queue_wait
 from bridge.lanes import Gate, Lane, Lanes
 from bridge.lifecycle import Service
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
 from bridge.oscc import codec, codes, models
 from bridge.oscc.client import OsccClient
-from bridge.outcomes import (
-    CONTACT,
-    STREAM_RESPONSE,
-    dead_letter,
-    ids_of,
-    key_of,
-    outcome,
-    rejection,
-)
+from bridge.outcomes import Reporter
 from bridge.publisher import Publisher
 from bridge.session import SessionSupervisor
-from bridge.topology import Topology
-
-
-class _Abandoned(Exception):
-    """The message's channel is gone (it will be redelivered) or the consumer is stopping."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Kind:
-    name: str  # metrics label, and the first part of dedupe keys
-    queue: str
-    routing_key: str  # dead-letter routing key when the original one is not ours
-
-
-@dataclass(slots=True)
-class _Work:
-    kind: _Kind
-    message: AbstractIncomingMessage
-    parsed: codec.Parsed[Any] | None
-    error: errors.Rejected | None
-    order_key: str | None
-    dedupe_key: str | None
-    ids: dict[str, str | None]  # publishedObjectId/sourceId or id, for outcome bodies
-    base_log: Any
-    _log: Any = None
-
-    @property
-    def log(self) -> Any:
-        """The logger with this message's context, bound on first use (rarely needed)."""
-        if self._log is None:
-            m = self.message
-            context = {"kind": self.kind.name, "routing_key": m.routing_key}
-            context["message_id"] = m.message_id
-            if self.ids.get("sourceId"):
-                context["source_id"] = self.ids["sourceId"]
-            self._log = self.base_log.bind(**context)
-        return self._log
 
 
 class Consumer(Service):
     """Forwards one connector's contact and stream-response queues to OSCC.
 
-    ``async with Consumer(config, connector, topology, publisher, supervisor, client,
-    metrics, dedupe):`` opens one channel per queue on ``publisher.connection`` (prefetch
+    ``async with Consumer(config, connector, broker, publisher, supervisor, client,
+    metrics, dedupe):`` opens one channel per queue on `broker` (prefetch
     ``broker.prefetch``, manual ack) and starts consuming; exit drains (see `stop`).
+    Outcomes and dead letters' outcomes go out through `publisher`.
     `dedupe` None: the consumer opens and closes ``<spool.dir>/dedupe/<c>`` itself.
     """
 
@@ -117,7 +72,7 @@ class Consumer(Service):
         self,
         config: Config,
         connector: ConnectorConfig,
-        topology: Topology,
+        broker: Broker,
         publisher: Publisher,
         supervisor: SessionSupervisor,
         client: OsccClient,
@@ -133,12 +88,13 @@ class Consumer(Service):
     ) -> None:
         self.config = config
         self.connector = connector
-        self.topology = topology
+        self.topology = broker.topology
         self.drain_timeout = drain_timeout
         self.start_timeout = start_timeout
         self.retry_base = retry_base
         self.retry_cap = retry_cap
         self.token_timeout = token_timeout
+        self._broker = broker
         self._publisher = publisher
         self._supervisor = supervisor
         self._client = client
@@ -151,15 +107,10 @@ class Consumer(Service):
         )
         self._rng = rng or random.Random()
         c = connector.name
-        self._kinds = (
-            _Kind(CONTACT, topology.contact_queue(c), topology.contact_new_key(c)),
-            _Kind(
-                STREAM_RESPONSE, topology.stream_response_queue(c), topology.stream_response_key(c)
-            ),
-        )
-        self._senders: dict[str, Callable[[str, bytes], Awaitable[models.Answer]]] = {
-            CONTACT: client.new_contact,
-            STREAM_RESPONSE: client.stream_response,
+        self._kinds = Kind.both(broker.topology, c)
+        self._senders: dict[MessageKind, Callable[[str, bytes], Awaitable[models.Answer]]] = {
+            MessageKind.CONTACT: client.new_contact,
+            MessageKind.STREAM_RESPONSE: client.stream_response,
         }
         self._accepted = {
             k.name: metrics.forwards.labels(c, k.name, "accepted") for k in self._kinds
@@ -167,10 +118,20 @@ class Consumer(Service):
         self._queue_wait = {k.name: metrics.queue_wait.labels(c, k.name) for k in self._kinds}
         self._stopping = asyncio.Event()
         self._gate = Gate()
-        self._lanes: Lanes[_Work] = Lanes(self._work, self._stopping)
+        self._lanes: Lanes[Work] = Lanes(self._work, self._stopping)
         self._channels: list[AbstractChannel] = []
         self._consumers: list[tuple[AbstractQueue, str]] = []
-        self._dead: AbstractExchange | None = None
+        self._report = Reporter(
+            connector=c,
+            topology=broker.topology,
+            publisher=publisher,
+            metrics=metrics,
+            confirm_timeout=config.broker.confirm_timeout,
+            retry_base=retry_base,
+            retry_cap=retry_cap,
+            rng=self._rng,
+            check=lambda work: self._check(work, stopping=False),
+        )
         self._log = get_logger("bridge.consumer", connector=c)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -178,18 +139,18 @@ class Consumer(Service):
     async def start(self) -> None:
         """Open the channels and start consuming both queues.
 
-        BrokerUnavailable when RabbitMQ goes away meanwhile (the connection the publisher
+        BrokerUnavailable when RabbitMQ goes away meanwhile (the connection the broker
         just made is gone), or does not let it happen within `start_timeout`: some
         aio-pika calls wait for a lost connection to come back, for ever."""
         if self._owns_dedupe:
-            self._dedupe.open()
+            await self._dedupe.start()
         try:
             async with asyncio.timeout(self.start_timeout):
                 await self._open_channels()
         except BaseException as exc:
             await self._close_channels()
             if self._owns_dedupe:
-                await self._dedupe.aclose()
+                await self._dedupe.stop()
             if isinstance(exc, TimeoutError | AMQPError | OSError | RuntimeError):
                 why = (
                     f"no answer within {self.start_timeout:g} s"
@@ -204,14 +165,13 @@ class Consumer(Service):
         self._log.info("consumer.started", prefetch=self.config.broker.prefetch)
 
     async def _open_channels(self) -> None:
-        connection = self._publisher.connection
-        dead_channel = await connection.channel(publisher_confirms=True)
+        dead_channel = await self._broker.channel(publisher_confirms=True)
         self._channels.append(dead_channel)
-        self._dead = await dead_channel.declare_exchange(
+        self._report.dead = await dead_channel.declare_exchange(
             self.topology.dead_exchange, ExchangeType.TOPIC, durable=True
         )
         for kind in self._kinds:
-            channel = await connection.channel()
+            channel = await self._broker.channel()
             self._channels.append(channel)
             await channel.set_qos(prefetch_count=self.config.broker.prefetch)
             # Declared (not just looked up), so a reconnect re-declares it instead of
@@ -229,7 +189,7 @@ class Consumer(Service):
         self._stopping.set()
         # With the broker away there is nothing to cancel: the connection took the
         # consumers with it, and aio-pika's cancel would wait for it to come back.
-        if self._publisher.connected:
+        if self._broker.connected:
             for queue, tag in self._consumers:
                 with contextlib.suppress(
                     AMQPError, ChannelInvalidStateError, RuntimeError, TimeoutError
@@ -243,7 +203,7 @@ class Consumer(Service):
             self._log.warning("consumer.drain_timeout", unfinished=unfinished)
         await self._close_channels()
         if self._owns_dedupe:
-            await self._dedupe.aclose()
+            await self._dedupe.stop()
         self._log.info("consumer.stopped")
 
     async def _close_channels(self) -> None:
@@ -257,7 +217,7 @@ class Consumer(Service):
 
     # -- delivery: decode and put in a lane --------------------------------------------
 
-    def _callback(self, kind: _Kind) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+    def _callback(self, kind: Kind) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
         async def on_message(message: AbstractIncomingMessage) -> None:
             # No await before the lane append: aio-pika starts these callbacks in
             # delivery order, so lanes receive messages in queue order.
@@ -265,46 +225,18 @@ class Consumer(Service):
 
         return on_message
 
-    def _accept(self, kind: _Kind, message: AbstractIncomingMessage) -> None:
+    def _accept(self, kind: Kind, message: AbstractIncomingMessage) -> None:
         if self._stopping.is_set():
             return  # left unacked: returned in order when the channel closes
-        work = self._decode(kind, message)
-        if message.timestamp is not None:
-            sent = message.timestamp
-            sent = sent if sent.tzinfo else sent.replace(tzinfo=dt.UTC)
-            wait = (dt.datetime.now(dt.UTC) - sent).total_seconds()
-            self._queue_wait[kind.name].observe(max(0.0, wait))
+        work = decode(kind, message, self._log)
+        if (wait := queue_wait(message)) is not None:
+            self._queue_wait[kind.name].observe(wait)
         self._lanes.add(None if work.order_key is None else (kind.name, work.order_key), work)
 
-    def _decode(self, kind: _Kind, message: AbstractIncomingMessage) -> _Work:
-        parsed: codec.Parsed[Any] | None = None
-        error: errors.Rejected | None = None
-        try:
-            if kind.name == CONTACT:
-                parsed = codec.decode_new_contact(message.body)
-            else:
-                parsed = codec.decode_stream_response(message.body)
-        except errors.Rejected as exc:
-            error = exc
-        except Exception as exc:
-            # RecursionError (deep nesting), UnicodeDecodeError (lone surrogates), or a
-            # decoder bug: the message is still wrong in itself, and must not sit in a
-            # prefetch slot for ever (docs/SECURITY.md B3).
-            error = errors.Rejected(
-                f"not decodable: {type(exc).__name__}: {str(exc)[:200]}",
-                code=codes.ErrorCode.WRONG_API_REQUEST,
-            )
-        ids = ids_of(kind.name, parsed.body if parsed else message.body)
-        order_key = None
-        if parsed is not None:
-            order_key = ids.get("sourceId") if kind.name == CONTACT else ids.get("id")
-        dedupe_key = key_of(kind.name, message.message_id, ids.get("publishedObjectId"))
-        return _Work(kind, message, parsed, error, order_key, dedupe_key, ids, self._log)
-
-    async def _work(self, work: _Work, lane: Lane[_Work]) -> None:
+    async def _work(self, work: Work, lane: Lane[Work]) -> None:
         try:
             await self._process(work, lane)
-        except _Abandoned as exc:
+        except Abandoned as exc:
             work.log.info("consumer.abandoned", why=str(exc))
         except Exception:
             # Unexpected: leave it unacked (redelivered on reconnect or restart) rather
@@ -313,31 +245,38 @@ class Consumer(Service):
 
     # -- one message -----------------------------------------------------------------
 
-    async def _process(self, work: _Work, lane: Lane[_Work]) -> None:
-        c, kind = self.connector.name, work.kind.name
+    async def _process(self, work: Work, lane: Lane[Work]) -> None:
+        # The lane is busy from the moment OSCC may have the message (or it is being
+        # dead-lettered) until the ack: a drain must let that finish, not cut it short.
         if work.error is not None:
-            lane.busy = True
-            await self._reject(work, work.error, by_oscc=False)
-            return
-        if work.dedupe_key is not None and work.dedupe_key in self._dedupe:
-            lane.busy = True
-            self._metrics.forwards.labels(c, kind, "duplicate").inc()
-            work.log.info("consumer.duplicate", dedupe_key=work.dedupe_key)
-            await self._outcome(work, codes.ErrorCode.NO_ERROR, "duplicate")
-            await self._ack(work)
-            return
-        try:
-            answer = await self._send(work, lane)
-        except errors.Rejected as exc:
-            await self._reject(work, exc, by_oscc=True)
-            return
-        self._accepted[kind].inc()
-        # Both before the ack; side by side, as each waits on its own fsync (the key's
-        # here, the outcome's in the broker) and neither needs the other.
-        await asyncio.gather(self._remember(work), self._outcome(work, answer.error_code))
+            with lane.busy():
+                await self._reject(work, work.error, by_oscc=False)
+        elif work.dedupe_key is not None and work.dedupe_key in self._dedupe:
+            with lane.busy():
+                await self._duplicate(work)
+        else:
+            try:
+                answer = await self._send(work, lane)
+            except errors.Rejected as exc:
+                with lane.busy():
+                    await self._reject(work, exc, by_oscc=True)
+                return
+            with lane.busy():
+                self._accepted[work.kind.name].inc()
+                # Both before the ack; side by side, as each waits on its own fsync (the
+                # key's here, the outcome's in the broker) and neither needs the other.
+                await asyncio.gather(
+                    self._remember(work), self._report.outcome(work, answer.error_code)
+                )
+                await self._ack(work)
+
+    async def _duplicate(self, work: Work) -> None:
+        self._metrics.forwards.labels(self.connector.name, work.kind.name, "duplicate").inc()
+        work.log.info("consumer.duplicate", dedupe_key=work.dedupe_key)
+        await self._report.outcome(work, codes.ErrorCode.NO_ERROR, "duplicate")
         await self._ack(work)
 
-    async def _remember(self, work: _Work) -> None:
+    async def _remember(self, work: Work) -> None:
         if work.dedupe_key is None:
             return
         try:
@@ -347,7 +286,7 @@ class Consumer(Service):
             # the message unacked would make one (a second newContact) more likely.
             work.log.error("consumer.dedupe_failed", error=str(exc))
 
-    async def _send(self, work: _Work, lane: Lane[_Work]) -> models.Answer:
+    async def _send(self, work: Work, lane: Lane[Work]) -> models.Answer:
         """POST until OSCC answers 0 (returned) or 11/12/13 (Rejected raised)."""
         assert work.parsed is not None
         body = codec.encode(work.parsed.body)
@@ -363,10 +302,9 @@ class Consumer(Service):
                     # Transient when no session came in time: handled like OSCC being down.
                     token = await self._supervisor.token(timeout=self.token_timeout)
                     self._check(work)
-                    lane.busy = True
-                    answer = await send(token, body)
+                    with lane.busy():
+                        answer = await send(token, body)
                 except errors.SessionLost as exc:
-                    lane.busy = False
                     retried.inc()
                     work.log.info("consumer.session_lost", error=exc.text)
                     self._gate.release(work)
@@ -374,37 +312,33 @@ class Consumer(Service):
                         await self._supervisor.session_lost(token)
                     continue
                 except (errors.Transient, errors.StaleSession, errors.ConnectorRefused) as exc:
-                    lane.busy = False
                     retried.inc()
                     if self._gate.failed(work):
+                        delay = backoff_delay(
+                            attempt, base=self.retry_base, cap=self.retry_cap, rng=self._rng
+                        )
                         attempt += 1
-                        delay = self._backoff(attempt)
                         work.log.warning(
                             "consumer.oscc_unavailable", error=exc.text, retry_in=delay
                         )
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._stopping.wait(), delay)
                     continue
-                self._gate.release(work)
                 return answer
         finally:
             self._gate.release(work)
 
-    def _check(self, work: _Work, *, stopping: bool = True) -> None:
-        """Raise _Abandoned when the message's channel is gone (or, before a send, when
+    def _check(self, work: Work, *, stopping: bool = True) -> None:
+        """Raise Abandoned when the message's channel is gone (or, before a send, when
         the consumer is stopping)."""
         if stopping and self._stopping.is_set():
-            raise _Abandoned("stopping")
+            raise Abandoned("stopping")
         try:
             work.message.channel  # noqa: B018 (raises once the channel is closed)
         except ChannelInvalidStateError:
-            raise _Abandoned("channel closed; the broker redelivers the message") from None
+            raise Abandoned("channel closed; the broker redelivers the message") from None
 
-    def _backoff(self, attempt: int) -> float:
-        ceiling: float = min(self.retry_cap, self.retry_base * 2.0 ** min(attempt, 30))
-        return ceiling / 2 + self._rng.uniform(0.0, ceiling / 2)
-
-    async def _ack(self, work: _Work) -> None:
+    async def _ack(self, work: Work) -> None:
         # Bounded: an ack sent just as the connection dies can wait for ever in aiormq's
         # write queue of the dead connection (nothing drains it), and would hold its
         # lane, and every message of that source after it, for good.
@@ -415,79 +349,7 @@ class Consumer(Service):
             # The broker redelivers it; the dedupe store turns that into a duplicate.
             work.log.warning("consumer.ack_failed", error=repr(exc))
 
-    # -- what became of it: dead letters and outcomes ---------------------------------
-
-    async def _reject(self, work: _Work, exc: errors.Rejected, *, by_oscc: bool) -> None:
-        """Dead-letter (confirmed), count, publish the rejected outcome, ack; never retry."""
-        assert self._dead is not None
-        dead, c = self._dead, self.connector.name
-        code, text, reason = rejection(exc, by_oscc=by_oscc)
-        copy, key = dead_letter(work.message, c, work.kind.routing_key, code, reason)
-        timeout = self.config.broker.confirm_timeout
-
-        async def publish() -> None:
-            # aio-pika's own timeout starts only once the connection is back.
-            async with asyncio.timeout(timeout):
-                await dead.publish(copy, key, timeout=timeout)
-
-        await self._retrying(work, publish)
-        self._metrics.dead_letters.labels(c, text).inc()
-        self._metrics.forwards.labels(c, work.kind.name, "rejected").inc()
-        work.log.warning("consumer.dead_lettered", error_code=code, reason=reason)
-        await self._outcome(work, code, reason)
+    async def _reject(self, work: Work, exc: errors.Rejected, *, by_oscc: bool) -> None:
+        """Dead-letter, publish the rejected outcome, ack; never retry."""
+        await self._report.reject(work, exc, by_oscc=by_oscc)
         await self._ack(work)
-
-    async def _outcome(self, work: _Work, code: int, reason: str | None = None) -> None:
-        """Publish the outcome to ``<c>.contact.accepted|rejected`` (contacts) and to the
-        message's reply_to (both kinds); before the ack, so it is at least once."""
-        c, out = self.connector.name, outcome(work.message, work.ids, code, reason)
-        publish = self._publisher.publish
-        if work.kind.name == CONTACT:
-            key = self.topology.contact_outcome_key(c, out.accepted)
-            await self._retrying(
-                work,
-                lambda: publish(
-                    key,
-                    out.body,
-                    connector=c,
-                    headers=out.headers,
-                    correlation_id=out.correlation_id,
-                ),
-            )
-        reply_to = work.message.reply_to
-        if reply_to:
-            try:
-                await self._retrying(
-                    work,
-                    lambda: publish(
-                        reply_to,
-                        out.body,
-                        connector=c,
-                        headers=out.headers,
-                        correlation_id=out.correlation_id,
-                        exchange="",
-                    ),
-                )
-            except _Abandoned:
-                raise
-            except Exception as exc:
-                # A broken reply_to must not hold the queue; the topic outcome stands.
-                work.log.warning("consumer.reply_to_failed", reply_to=reply_to, error=repr(exc))
-
-    async def _retrying(self, work: _Work, publish: Callable[[], Awaitable[Any]]) -> None:
-        """Run a broker publish until it is confirmed; give up (unacked, so the broker
-        redelivers) when the message's channel is gone."""
-        attempt = 0
-        while True:
-            try:
-                self._check(work, stopping=False)
-                await publish()
-                return
-            except (errors.Transient, TimeoutError, AMQPError, ChannelInvalidStateError) as exc:
-                attempt += 1
-                delay = self._backoff(attempt)
-                work.log.warning("consumer.publish_failed", error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-
-
-__all__ = ["CONTACT", "STREAM_RESPONSE", "Consumer", "key_of"]

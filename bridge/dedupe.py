@@ -25,10 +25,10 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 import msgspec
 
+from bridge.lifecycle import Service
 from bridge.logs import get_logger
 
 FILE_NAME = "keys.jsonl"
@@ -39,7 +39,7 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(tuple[float, str])
 
 
-class DedupeStore:
+class DedupeStore(Service):
     """A bounded, crash-safe set of message keys in ``<dir>/keys.jsonl``."""
 
     def __init__(
@@ -78,17 +78,10 @@ class DedupeStore:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def __aenter__(self) -> DedupeStore:
-        self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+    async def start(self) -> None:
+        """`open`, off the event loop (it reads the whole file)."""
+        if self._fd is None:
+            await asyncio.to_thread(self.open)
 
     def open(self) -> None:
         """Load the keys from disk, drop expired ones, and open the file for appending."""
@@ -103,7 +96,7 @@ class DedupeStore:
         _fsync_dir(self.directory)  # the file's directory entry survives a power cut too
         self._log.info("dedupe.opened", keys=len(self._keys))
 
-    async def aclose(self) -> None:
+    async def stop(self) -> None:
         """Wait for pending writes, then close the file."""
         if self._flusher is not None:
             with contextlib.suppress(Exception):

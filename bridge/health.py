@@ -16,8 +16,8 @@ from bridge import __version__
 from bridge.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
+    from bridge.broker import Broker
     from bridge.metrics import Metrics
-    from bridge.publisher import Publisher
     from bridge.session import SessionSupervisor
     from bridge.spool import Spool
 
@@ -29,13 +29,13 @@ class Health:
         self,
         *,
         metrics: Metrics,
-        publisher: Publisher,
+        broker: Broker,
         spool: Spool,
         supervisors: Mapping[str, SessionSupervisor],
         extra_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.metrics = metrics
-        self.publisher = publisher
+        self.broker = broker
         self.spool = spool
         self.supervisors = supervisors
         self.extra_status = extra_status
@@ -44,7 +44,7 @@ class Health:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when the broker is connected and every connector is registered."""
         connectors = {name: sup.ready for name, sup in self.supervisors.items()}
-        broker = self.publisher.connected
+        broker = self.broker.connected
         ready = broker and all(connectors.values())
         return ready, {"ready": ready, "broker": broker, "connectors": connectors}
 
@@ -53,7 +53,7 @@ class Health:
         out: dict[str, Any] = {
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started, 1),
-            "broker": {"connected": self.publisher.connected},
+            "broker": {"connected": self.broker.connected},
             "spool": self.spool.status(),
             "connectors": {name: sup.status() for name, sup in self.supervisors.items()},
         }

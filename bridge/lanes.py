@@ -8,8 +8,9 @@ by what is in flight (the channel's prefetch)::
     lanes.add("src-1", a); lanes.add("src-2", b); lanes.add("src-1", c)
     #  src-1: a, then c        src-2: b        (a and b at the same time)
 
-Draining (`Lanes.drain`): lanes that are not *busy* (busy = the worker has sent something
-it must hear back about) are cancelled at once; busy ones get a timeout to finish.
+Draining (`Lanes.drain`): lanes that are not *busy* (the worker is inside ``lane.busy()``:
+it has sent something it must hear back about) are cancelled at once; busy ones get a
+timeout to finish.
 
 The gate (`Gate`): open while OSCC answers. The first item to see a transient failure
 becomes the prober and retries with backoff; every other item waits at the gate until the
@@ -19,28 +20,47 @@ prober succeeds, so an outage costs one request per backoff step, not one per me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from bridge.lifecycle import watch
+from bridge.logs import get_logger
+
 T = TypeVar("T")
+_log = get_logger("bridge.lanes")
 
 
 @dataclass(eq=False, slots=True)
 class Lane(Generic[T]):
-    """One key's FIFO; `busy` is set by the worker while the head must not be cancelled."""
+    """One key's FIFO; the worker holds `busy()` while the head must not be cancelled."""
 
     items: deque[T] = field(default_factory=deque)
-    busy: bool = False
     task: asyncio.Task[None] | None = None
+    _busy: bool = False
+
+    @property
+    def is_busy(self) -> bool:
+        """True while the worker is inside `busy()`."""
+        return self._busy
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark the lane busy for the block: a drain gives it time instead of cancelling."""
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
 
 
 class Lanes(Generic[T]):
     """Per-key FIFO lanes, each worked by ``await work(item, lane)``.
 
     `work` handles its own errors (an exception escaping it is the worker's bug: it ends
-    the lane's task, logged by asyncio). Once `stopping` is set no lane starts another
+    the lane's task, logged as ``lane.died``). Once `stopping` is set no lane starts another
     item.
     """
 
@@ -68,15 +88,14 @@ class Lanes(Generic[T]):
             lane.items.append(item)
             return
         lane = self._lanes[lane_key] = Lane(deque([item]))
-        lane.task = asyncio.create_task(self._run(lane_key, lane), name=self._name)
+        lane.task = watch(
+            asyncio.create_task(self._run(lane_key, lane), name=self._name), _log, "lane.died"
+        )
 
     async def _run(self, key: object, lane: Lane[T]) -> None:
         try:
             while lane.items and not self._stopping.is_set():
-                try:
-                    await self._work(lane.items[0], lane)
-                finally:
-                    lane.busy = False
+                await self._work(lane.items[0], lane)
                 lane.items.popleft()
         finally:
             if self._lanes.get(key) is lane:
@@ -86,7 +105,7 @@ class Lanes(Generic[T]):
         """Cancel the lanes that are not busy, give busy ones `timeout` seconds, cancel
         what is left; return how many were cut short."""
         for lane in list(self._lanes.values()):
-            if not lane.busy and lane.task is not None:
+            if not lane.is_busy and lane.task is not None:
                 lane.task.cancel()
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         if not tasks:
@@ -123,6 +142,3 @@ class Gate:
         if self._prober is who:
             self._prober = None
             self._open.set()
-
-
-__all__ = ["Gate", "Lane", "Lanes"]

@@ -1,10 +1,12 @@
 """One shape for the bridge's long-running parts: ``start()``, ``stop()``, and
-``async with`` doing both (STYLE.md: each component is an async context manager)."""
+``async with`` doing both (STYLE.md: each component is an async context manager); and
+`watch`, which every background task goes through so its failure is logged."""
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 
 class Service:
@@ -29,3 +31,15 @@ class Service:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def watch(task: asyncio.Task[Any], log: Any, event: str) -> asyncio.Task[Any]:
+    """Log `event` with the traceback when `task` ends with an exception, so a background
+    task's failure is never lost; returns `task` (keep the reference)."""
+
+    def done(t: asyncio.Task[Any]) -> None:
+        if not t.cancelled() and (exc := t.exception()) is not None:
+            log.error(event, task=t.get_name(), exc_info=exc)
+
+    task.add_done_callback(done)
+    return task

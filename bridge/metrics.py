@@ -123,6 +123,21 @@ class Metrics:
             p + "broker_reconnects_total", "Reconnections to RabbitMQ.", registry=r
         )
 
+        # high availability (ownership.py): 1 on the instance that owns the connector;
+        # reason = acquired | released | fenced
+        self.connector_owner = Gauge(
+            p + "connector_owner",
+            "1 while this instance owns the connector (holds its lease).",
+            ["connector"],
+            registry=r,
+        )
+        self.ownership_changes = Counter(
+            p + "ownership_changes_total",
+            "Changes of this instance's role for a connector, by reason.",
+            ["connector", "reason"],
+            registry=r,
+        )
+
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
         return generate_latest(self.registry)

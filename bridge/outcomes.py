@@ -1,6 +1,7 @@
 """What the consumer tells RabbitMQ about a message it took: dead letters and outcomes.
 
-Pure functions: the consumer (`bridge.consumer`) publishes what they build::
+Pure functions build them; the consumer's `Reporter` publishes them, each retried until
+the broker confirmed it::
 
     dead letter   the original message (body, properties, headers) to ``<p>.dead`` under
                   its own ``<c>.*`` routing key, else ``<c>.contact.new`` /
@@ -14,17 +15,24 @@ Pure functions: the consumer (`bridge.consumer`) publishes what they build::
 
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
 from bridge import errors
+from bridge.backoff import retry
+from bridge.delivery import Abandoned, MessageKind, Work
+from bridge.metrics import Metrics
 from bridge.oscc import codec, codes
+from bridge.publisher import Publisher
+from bridge.topology import Topology
 
-CONTACT = "contact"
-STREAM_RESPONSE = "stream_response"
 MAX_REASON = 1000  # characters of oscc-dead-reason / the outcome's reason
 # Original headers larger than this are not copied onto a dead letter: with ours added
 # they could outgrow the broker's frame (131072 bytes by default).
@@ -39,39 +47,6 @@ class Outcome:
     headers: dict[str, Any]
     correlation_id: str | None
     accepted: bool
-
-
-def key_of(kind: str, message_id: str | None, published_id: str | None) -> str | None:
-    """The dedupe key: the AMQP message_id, else (contacts only) publishedObject.id.
-
-    aio-pika/aiormq give every message they publish a random message_id, so the
-    fallback serves other clients (pika, Java, .NET, the management API). A stream
-    response without message_id is not deduplicated: the same stream id and page can be
-    a legitimate answer to a second Stream request.
-    """
-    if message_id:
-        return f"{kind}:m:{message_id}"
-    if kind == CONTACT and published_id:
-        return f"{kind}:p:{published_id}"
-    return None
-
-
-def ids_of(kind: str, body: Any) -> dict[str, str | None]:
-    """The ids an outcome names, from the canonical body or, best effort, raw bytes."""
-    if isinstance(body, bytes | str):
-        try:
-            body = codec.decode_json(body)
-        except (errors.Rejected, RecursionError, UnicodeDecodeError):
-            return {}
-    if not isinstance(body, dict):
-        return {}
-    if kind == STREAM_RESPONSE:
-        return {"id": _str(body.get("id"))}
-    source, published = body.get("source"), body.get("publishedObject")
-    return {
-        "publishedObjectId": _str(published.get("id")) if isinstance(published, dict) else None,
-        "sourceId": _str(source.get("id")) if isinstance(source, dict) else None,
-    }
 
 
 def rejection(exc: errors.Rejected, *, by_oscc: bool) -> tuple[int, str, str]:
@@ -156,18 +131,99 @@ def dead_letter(
     return copy, key
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+class Reporter:
+    """Publishes the dead letters and outcomes of one connector's messages.
 
+    Every publish is retried with backoff until confirmed; `check(work)` raises Abandoned
+    when the message's channel is gone (the broker redelivers it, so there is nothing left
+    to report). `dead` is the dead-letter exchange, set once the consumer declared it.
+    """
 
-__all__ = [
-    "CONTACT",
-    "STREAM_RESPONSE",
-    "Outcome",
-    "dead_letter",
-    "ids_of",
-    "key_of",
-    "outcome",
-    "rejection",
-    "shorten",
-]
+    def __init__(
+        self,
+        *,
+        connector: str,
+        topology: Topology,
+        publisher: Publisher,
+        metrics: Metrics,
+        confirm_timeout: float,
+        retry_base: float,
+        retry_cap: float,
+        rng: random.Random,
+        check: Callable[[Work], None],
+    ) -> None:
+        self.connector = connector
+        self.topology = topology
+        self.dead: AbstractExchange | None = None
+        self._publisher = publisher
+        self._metrics = metrics
+        self._timeout = confirm_timeout
+        self._retry_base = retry_base
+        self._retry_cap = retry_cap
+        self._rng = rng
+        self._check = check
+
+    async def reject(self, work: Work, exc: errors.Rejected, *, by_oscc: bool) -> None:
+        """Dead-letter (confirmed), count, publish the rejected outcome."""
+        assert self.dead is not None
+        dead, c, timeout = self.dead, self.connector, self._timeout
+        code, text, reason = rejection(exc, by_oscc=by_oscc)
+        copy, key = dead_letter(work.message, c, work.kind.routing_key, code, reason)
+
+        async def publish() -> None:
+            # aio-pika's own timeout starts only once the connection is back.
+            async with asyncio.timeout(timeout):
+                await dead.publish(copy, key, timeout=timeout)
+
+        await self._retrying(work, publish)
+        self._metrics.dead_letters.labels(c, text).inc()
+        self._metrics.forwards.labels(c, work.kind.name, "rejected").inc()
+        work.log.warning("consumer.dead_lettered", error_code=code, reason=reason)
+        await self.outcome(work, code, reason)
+
+    async def outcome(self, work: Work, code: int, reason: str | None = None) -> None:
+        """Publish the outcome to ``<c>.contact.accepted|rejected`` (contacts) and to the
+        message's reply_to (both kinds); before the ack, so it is at least once."""
+        c, out = self.connector, outcome(work.message, work.ids, code, reason)
+
+        def publish(key: str, exchange: str | None = None) -> Callable[[], Awaitable[None]]:
+            return lambda: self._publisher.publish(
+                key,
+                out.body,
+                connector=c,
+                headers=out.headers,
+                correlation_id=out.correlation_id,
+                exchange=exchange,
+            )
+
+        if work.kind.name is MessageKind.CONTACT:
+            await self._retrying(work, publish(self.topology.contact_outcome_key(c, out.accepted)))
+        reply_to = work.message.reply_to
+        if reply_to:
+            try:
+                await self._retrying(work, publish(reply_to, exchange=""))
+            except Abandoned:
+                raise
+            except Exception as exc:
+                # A broken reply_to must not hold the queue; the topic outcome stands.
+                work.log.warning("consumer.reply_to_failed", reply_to=reply_to, error=repr(exc))
+
+    async def _retrying(self, work: Work, publish: Callable[[], Awaitable[Any]]) -> None:
+        """Run a broker publish until it is confirmed; give up (unacked, so the broker
+        redelivers) when the message's channel is gone."""
+
+        async def attempt() -> None:
+            self._check(work)
+            await publish()
+
+        def failed(exc: BaseException, delay: float) -> None:
+            work.log.warning("consumer.publish_failed", error=repr(exc), retry_in=delay)
+
+        await retry(
+            attempt,
+            retry_on=(errors.Transient, TimeoutError, AMQPError, ChannelInvalidStateError),
+            base=self._retry_base,
+            cap=self._retry_cap,
+            rng=self._rng,
+            on_retry=failed,
+        )

@@ -16,13 +16,15 @@ import datetime as dt
 import inspect
 import json
 import sys
+import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
 from bridge.oscc import models
+from bridge.topology import SessionChange as SessionChangeName
 from bridge.topology import Topology
 
 # ---------------------------------------------------------------------------------------
@@ -65,11 +67,7 @@ class SessionChange(msgspec.Struct, kw_only=True, rename="camel"):
 
 C = "<c>"  # how DESIGN.md writes the connector part of a name
 PUBLICATION_TYPES: tuple[str, ...] = tuple(t.value.lower() for t in models.ContactType)
-SESSION_CHANGES: tuple[Literal["registered", "lost", "failed"], ...] = (
-    "registered",
-    "lost",
-    "failed",
-)
+SESSION_CHANGES: tuple[SessionChangeName, ...] = typing.get_args(SessionChangeName)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,20 +29,21 @@ import enum
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from bridge import errors
+from bridge.backoff import backoff_delay, retry
 from bridge.config import Config, ConnectorConfig, webhook_url
-from bridge.lifecycle import Service
+from bridge.lifecycle import Service, watch
 from bridge.logs import forget_secret, get_logger
 from bridge.metrics import Metrics
 from bridge.oscc.client import OsccClient
 from bridge.session_store import SessionStore
+from bridge.topology import SessionChange
 
-Change = Literal["registered", "lost", "failed"]
-OnChange = Callable[[Change, dict[str, Any]], Awaitable[None]]
+OnChange = Callable[[SessionChange, dict[str, Any]], Awaitable[None]]
 
 
 class SessionState(enum.StrEnum):
@@ -54,16 +55,6 @@ class SessionState(enum.StrEnum):
     BACKOFF = "backoff"
     FAILED = "failed"
     STOPPED = "stopped"
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Capped exponential backoff with full jitter, never below `base`.
-
-    Attempt ``n`` (from 0) waits a uniform random time in ``[0, min(cap, base * 2**n)]``,
-    raised to `base` so a run of unlucky draws can never become a tight loop.
-    """
-    ceiling = min(cap, base * 2 ** min(attempt, 62))
-    return max(min(base, cap), rng.uniform(0.0, ceiling))
 
 
 def _iso(ts: float | None) -> str | None:
@@ -117,7 +108,7 @@ class SessionSupervisor(Service):
         self._events_enabled: bool | None = None
         self._last_error: errors.BridgeError | None = None
         self._last_error_at: float | None = None
-        self._changes: asyncio.Queue[tuple[Change, dict[str, Any]]] = asyncio.Queue()
+        self._changes: asyncio.Queue[tuple[SessionChange, dict[str, Any]]] = asyncio.Queue()
         self._failed_code: int | None = None  # the code of the current `failed` spell
         self._tasks: list[asyncio.Task[None]] = []
         self._set_state(SessionState.STARTING)
@@ -131,8 +122,7 @@ class SessionSupervisor(Service):
         name = self.connector.name
         for coro, what in ((self._run(), "session"), (self._notify(), "session-notify")):
             task = asyncio.create_task(coro, name=f"{what}:{name}")
-            task.add_done_callback(self._task_done)
-            self._tasks.append(task)
+            self._tasks.append(watch(task, self._log, "session.task_died"))
 
     async def stop(self) -> None:
         """Cancel the background tasks and wait for them; the state becomes ``stopped``."""
@@ -144,17 +134,6 @@ class SessionSupervisor(Service):
                 await task
         self._drop_token()
         self._set_state(SessionState.STOPPED)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            self._log.error(
-                "session.task_died",
-                task=task.get_name(),
-                exc_info=(type(exc), exc, exc.__traceback__),
-            )
 
     # -- what callers use ----------------------------------------------------------------
 
@@ -250,7 +229,9 @@ class SessionSupervisor(Service):
         self._log.warning("session.lost", error_code=error.code, error_text=error.text)
         self._emit("lost", error)
 
-    def _emit(self, change: Change, error: errors.BridgeError | None = None, **extra: Any) -> None:
+    def _emit(
+        self, change: SessionChange, error: errors.BridgeError | None = None, **extra: Any
+    ) -> None:
         body: dict[str, Any] = {
             "connector": self.connector.name,
             "title": self.connector.title,
@@ -402,31 +383,27 @@ class SessionSupervisor(Service):
         404/405 (OSCC has no such path: the guide gives none, so ours is a guess), is
         logged and the connector runs without events rather than not at all.
         """
-        attempt = 0
-        while True:
-            try:
-                await self._client.listen_for_events(token, enabled=True)
-            except errors.Transient as exc:
-                if exc.http_status in (404, 405):
-                    self._events_refused(exc)
-                    return
-                self._note(exc)
-                delay = backoff_delay(
-                    attempt,
-                    base=self.backoff_base,
-                    cap=min(self.backoff_cap, self.config.oscc.keepalive_interval),
-                    rng=self._rng,
-                )
-                attempt += 1
-                await asyncio.sleep(delay)
-                continue
-            except (errors.SessionLost, errors.StaleSession, errors.ConnectorRefused):
-                raise
-            except errors.Rejected as exc:
-                self._events_refused(exc)
-                return
-            self._events_enabled = True
+
+        def failed(exc: BaseException, _: float) -> None:
+            assert isinstance(exc, errors.Transient)
+            if exc.http_status in (404, 405):
+                raise exc
+            self._note(exc)
+
+        try:
+            await retry(
+                lambda: self._client.listen_for_events(token, enabled=True),
+                retry_on=errors.Transient,
+                base=self.backoff_base,
+                cap=min(self.backoff_cap, self.config.oscc.keepalive_interval),
+                rng=self._rng,
+                on_retry=failed,
+            )
+        except (errors.Transient, errors.Rejected) as exc:
+            # Transient here is 404/405 only: `failed` gives up on those.
+            self._events_refused(exc)
             return
+        self._events_enabled = True
 
     def _events_refused(self, exc: errors.BridgeError) -> None:
         self._note(exc)
@@ -478,4 +455,4 @@ class SessionSupervisor(Service):
                 delay = interval
 
 
-__all__ = ["OnChange", "SessionState", "SessionSupervisor", "backoff_delay"]
+__all__ = ["OnChange", "SessionState", "SessionSupervisor"]

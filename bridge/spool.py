@@ -12,9 +12,9 @@ crash the last record of a segment may be torn (partly written, or zeros): openi
 spool finds the first record whose length or CRC is wrong, truncates the segment there and
 keeps every record before it.
 
-`append` returns only once its record is on disk (written and fsynced). Appends that arrive
-while an fsync runs are written together by the next one (group commit), so many
-concurrent webhooks cost one fsync, not one each. `read` hands out the oldest records;
+`enqueue` returns a future done once its record is on disk (written and fsynced). Records
+that arrive while an fsync runs are written together by the next one (group commit), so
+many concurrent webhooks cost one fsync, not one each. `read` hands out the oldest records;
 `ack` drops them once the broker confirmed them, moves the cursor and deletes segments
 that were fully replayed. A record is delivered at least once: a crash between the
 confirm and the cursor update replays it again after restart.
@@ -24,55 +24,59 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
+import fcntl
 import os
-import struct
-import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgspec
 
 from bridge import logs
-from bridge.errors import BrokerUnavailable
+from bridge.errors import BrokerUnavailable, ConfigError
+from bridge.lifecycle import Service
 from bridge.metrics import Metrics
+from bridge.segment import (
+    HEADER,
+    MAX_RECORD,
+    Entry,
+    SpoolRecord,
+    encoder,
+    frame,
+    read_records,
+    scan,
+)
 
 log = logs.get_logger("bridge.spool")
 
-_HEADER = struct.Struct(">II")
-_MAX_RECORD = 256 * 1024 * 1024  # a length beyond this is garbage, not a record
 _SUFFIX = ".seg"
+LOCK_FILE = ".lock"
 
 
-class SpoolRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
-    """Everything needed to publish a message later, exactly as it would have been.
+def _lock_directory(directory: Path) -> int:
+    """Create `directory` and take an exclusive flock on ``<directory>/.lock``; the fd.
 
-    Stored as a msgpack array: new fields go at the end, with a default.
-    """
-
-    connector: str
-    routing_key: str
-    body: bytes
-    message_id: str
-    timestamp: dt.datetime
-    exchange: str | None = None  # None = the main topic exchange
-    headers: dict[str, Any] | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(SpoolRecord)
-
-
-def frame(record: SpoolRecord) -> bytes:
-    """One record as it is written to a segment."""
-    payload = _encoder.encode(record)
-    head = struct.pack(">I", len(payload))
-    return head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head))) + payload
+    The kernel drops the lock when the process dies, however it dies, so a crashed
+    instance never leaves the directory locked."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"spool.dir: cannot use {str(directory)!r}: {exc.strerror}", key="spool.dir"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise ConfigError(
+            f"spool.dir: {str(directory)!r} is in use by another bridge instance "
+            "(each instance needs its own spool directory)",
+            key="spool.dir",
+        ) from exc
+    return fd
 
 
 @dataclass(slots=True)
@@ -82,46 +86,12 @@ class _Segment:
     size: int  # bytes on disk that hold whole, fsynced records
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A record handed out by `read`, with where it ends (for `ack`)."""
-
-    record: SpoolRecord
-    segment: int
-    end: int
-    size: int
-
-
-def _scan(path: Path, start: int = 0) -> tuple[int, int, int]:
-    """Walk the records of a segment file from `start`.
-
-    Returns (records, bytes of those records, offset where the last good record ends).
-    """
-    count = nbytes = 0
-    good = start
-    with path.open("rb") as f:
-        f.seek(start)
-        while True:
-            head = f.read(_HEADER.size)
-            if len(head) < _HEADER.size:
-                break
-            length, crc = _HEADER.unpack(head)
-            if length == 0 or length > _MAX_RECORD:
-                break
-            payload = f.read(length)
-            if len(payload) < length or zlib.crc32(payload, zlib.crc32(head[:4])) != crc:
-                break
-            count += 1
-            nbytes += _HEADER.size + length
-            good += _HEADER.size + length
-    return count, nbytes, good
-
-
-class Spool:
+class Spool(Service):
     """A bounded, crash-safe FIFO of `SpoolRecord` in ``directory``.
 
     Use as an async context manager (opens, recovers, and closes). Raises BrokerUnavailable
-    from `append` when `max_bytes` would be exceeded, or the disk write fails.
+    from `enqueue` when `max_bytes` would be exceeded, and through its future when the disk
+    write fails.
     """
 
     def __init__(
@@ -151,20 +121,35 @@ class Spool:
         self._tail: _Segment | None = None
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._reader: tuple[int, BinaryIO] | None = None
         self._opened = False
+        self._lock_fd: int | None = None  # <dir>/.lock, flock'ed while open
 
     # -- lifecycle ----------------------------------------------------------------------
-    async def __aenter__(self) -> Spool:
-        await asyncio.to_thread(self.open)
-        return self
+    async def start(self) -> None:
+        """Open (recover) the spool, off the event loop."""
+        if not self._opened:
+            await asyncio.to_thread(self.open)
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def stop(self) -> None:
+        """Close it (records stay on disk)."""
         await self.close()
 
     def open(self) -> None:
-        """Create the directory, recover what a previous run left, and count it."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Create the directory, lock it, recover what a previous run left, and count it.
+
+        ConfigError (key ``spool.dir``) when the directory cannot be created or written,
+        or another instance holds it: two instances on one spool would share a session.
+        """
+        if self._lock_fd is None:
+            self._lock_fd = _lock_directory(self.directory)
+        try:
+            self._recover()
+        except BaseException:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
+
+    def _recover(self) -> None:
         cursor_seq, cursor_offset = self._read_cursor()
         found = sorted(
             (int(p.stem), p) for p in self.directory.glob("*" + _SUFFIX) if p.stem.isdigit()
@@ -176,10 +161,10 @@ class Spool:
             start = cursor_offset if seq == cursor_seq else 0
             size = path.stat().st_size
             start = min(start, size)
-            count, nbytes, good = _scan(path, start)
+            count, nbytes, good = scan(path, start)
             if good < size:
                 log.warning(
-                    "spool: dropped a torn record at the end of a segment",
+                    "spool.torn_record_dropped",
                     segment=path.name,
                     offset=good,
                     dropped_bytes=size - good,
@@ -197,7 +182,7 @@ class Spool:
         self._opened = True
         self._gauge()
         if self._messages:
-            log.info("spool: records left by the previous run", messages=self._messages)
+            log.info("spool.recovered", messages=self._messages)
 
     async def close(self) -> None:
         """Finish pending writes and close the files (records stay on disk)."""
@@ -208,9 +193,9 @@ class Spool:
             os.close(self._fd)
             self._fd = None
         self._tail = None
-        if self._reader is not None:
-            self._reader[1].close()
-            self._reader = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -254,7 +239,7 @@ class Spool:
         if not self._opened:
             raise RuntimeError("spool is not open")
         data = frame(record)
-        if len(data) - _HEADER.size > _MAX_RECORD:
+        if len(data) - HEADER.size > MAX_RECORD:
             raise ValueError(f"record of {len(data)} bytes is too large for the spool")
         if self._bytes + len(data) > self.max_bytes:
             raise BrokerUnavailable(
@@ -270,12 +255,6 @@ class Spool:
             self._flusher = asyncio.create_task(self._flush(), name="spool-flush")
         return future
 
-    async def append(self, record: SpoolRecord) -> None:
-        """Append `record` and return once it is on disk (fsynced)."""
-        # Shielded: a cancelled webhook must not leave the spool's bookkeeping half done;
-        # the record is written anyway.
-        await asyncio.shield(self.enqueue(record))
-
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
@@ -290,7 +269,7 @@ class Spool:
                 self._messages -= len(batch)
                 self._bytes -= len(data)
                 self._gauge()
-                log.error("spool: write failed", error=repr(exc))
+                log.error("spool.write_failed", error=repr(exc))
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(BrokerUnavailable(f"spool write failed: {exc}"))
@@ -346,47 +325,23 @@ class Spool:
             os.close(fd)
 
     # -- reading ------------------------------------------------------------------------
-    def read(self, limit: int, max_bytes: int = 4 * 1024 * 1024) -> list[Entry]:
-        """Up to `limit` of the oldest unacknowledged records that are on disk."""
-        out: list[Entry] = []
-        nbytes = 0
-        offset = self._head_offset
-        for segment in list(self._segments):
-            if len(out) >= limit or nbytes >= max_bytes:
-                break
-            if offset >= segment.size:
-                offset = 0
-                continue
-            f = self._open_reader(segment)
-            f.seek(offset)
-            while offset < segment.size and len(out) < limit and nbytes < max_bytes:
-                head = f.read(_HEADER.size)
-                length, _ = _HEADER.unpack(head)
-                record = _decoder.decode(f.read(length))
-                size = _HEADER.size + length
-                offset += size
-                nbytes += size
-                out.append(Entry(record, segment.seq, offset, size))
-            offset = 0
-        return out
+    async def read(self, limit: int, max_bytes: int = 4 * 1024 * 1024) -> list[Entry]:
+        """Up to `limit` of the oldest unacknowledged records that are on disk.
 
-    def _open_reader(self, segment: _Segment) -> BinaryIO:
-        if self._reader is not None and self._reader[0] == segment.seq:
-            return self._reader[1]
-        if self._reader is not None:
-            self._reader[1].close()
-        f = segment.path.open("rb")
-        self._reader = (segment.seq, f)
-        return f
+        Where to read is taken here, in the loop; the file reads run in a thread."""
+        segments = [(s.seq, s.path, s.size) for s in self._segments]
+        return await asyncio.to_thread(read_records, segments, self._head_offset, limit, max_bytes)
 
-    def ack(self, entries: list[Entry]) -> None:
+    async def ack(self, entries: list[Entry]) -> None:
         """Drop `entries` (a prefix of what `read` returned) after the broker confirmed
-        them; delete segments replayed to their end and move the cursor."""
+        them; delete segments replayed to their end and move the cursor (the file work in
+        a thread, the bookkeeping here)."""
         if not entries:
             return
         last = entries[-1]
+        done: list[Path] = []
         while self._segments and self._segments[0].seq < last.segment:
-            self._drop_head_segment()
+            done.append(self._drop_head_segment())
         self._head_offset = last.end
         self._messages -= len(entries)
         self._committed -= len(entries)
@@ -395,26 +350,29 @@ class Spool:
         if self._head_offset >= head.size and (
             head is not self._tail or (not self._pending and not self._busy_writing())
         ):
-            self._drop_head_segment()
-        self._write_cursor()
+            done.append(self._drop_head_segment())
         self._gauge()
+        await asyncio.to_thread(self._persist_ack, done, self._cursor_seq())
+
+    def _persist_ack(self, done: list[Path], cursor: tuple[int, int]) -> None:
+        for path in done:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._write_cursor(cursor)
 
     def _busy_writing(self) -> bool:
         return self._flusher is not None and not self._flusher.done()
 
-    def _drop_head_segment(self) -> None:
+    def _drop_head_segment(self) -> Path:
+        """Forget the oldest segment; return its path, for the caller to delete."""
         segment = self._segments.popleft()
         if segment is self._tail:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
             self._tail = None
-        if self._reader is not None and self._reader[0] == segment.seq:
-            self._reader[1].close()
-            self._reader = None
-        with contextlib.suppress(FileNotFoundError):
-            segment.path.unlink()
         self._head_offset = 0
+        return segment.path
 
     # -- cursor -------------------------------------------------------------------------
     def _cursor_seq(self) -> tuple[int, int]:
@@ -423,11 +381,11 @@ class Spool:
         # Everything replayed: the next segment starts clean.
         return self._next_seq, 0
 
-    def _write_cursor(self) -> None:
+    def _write_cursor(self, cursor: tuple[int, int]) -> None:
         # Not fsynced: losing an update only replays a few confirmed records again.
         path = self.directory / "cursor"
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(_encoder.encode(self._cursor_seq()))
+        tmp.write_bytes(encoder.encode(cursor))
         os.replace(tmp, path)
 
     def _read_cursor(self) -> tuple[int, int]:

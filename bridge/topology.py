@@ -8,6 +8,11 @@ names come out with the default and a test can isolate itself with a unique pref
     exchange  <p>.dead       topic  -> queue <p>.<c>.dead bound "<c>.#"
     queue     <p>.<c>.contact.new       bound "<c>.contact.new"       (consumed)
     queue     <p>.<c>.stream.response   bound "<c>.stream.response"   (consumed)
+    queue     <p>.<c>.owner             quorum, single active consumer: the ownership lease
+    queue     <p>.<c>.accepted          stream: keys of contacts OSCC accepted (dedupe)
+
+The last two are declared by ownership.py and accepted.py, not by `declare`: they are
+the instances' coordination, not part of the public interface.
 """
 
 from __future__ import annotations
@@ -55,6 +60,14 @@ class Topology:
 
     def dead_queue(self, c: str) -> str:
         return f"{self.prefix}.{c}.dead"
+
+    def owner_queue(self, c: str) -> str:
+        """The lease queue of `c` (ownership.py)."""
+        return f"{self.prefix}.{c}.owner"
+
+    def accepted_queue(self, c: str) -> str:
+        """The stream of keys of `c`'s accepted contacts (accepted.py)."""
+        return f"{self.prefix}.{c}.accepted"
 
     # -- routing keys -------------------------------------------------------------------
     @staticmethod
@@ -186,33 +199,5 @@ def properties(
         timestamp=timestamp or dt.datetime.now(dt.UTC),
         app_id=APP_ID,
         message_type=Topology.message_type(connector, routing_key),
-        headers=header_table(connector, headers),
-    )
-
-
-def message(
-    body: bytes,
-    *,
-    connector: str,
-    routing_key: str,
-    message_id: str,
-    headers: dict[str, Any] | None = None,
-    correlation_id: str | None = None,
-    reply_to: str | None = None,
-    timestamp: Any = None,
-) -> aio_pika.Message:
-    """A message as the bridge publishes it: persistent JSON with the properties and
-    headers DESIGN.md requires of every message (`message_id`, `timestamp`, `app_id`,
-    `type`, header `oscc-connector`); the same as `properties`."""
-    return aio_pika.Message(
-        body,
-        content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message_id,
-        correlation_id=short_string(correlation_id),
-        reply_to=reply_to,
-        timestamp=timestamp or dt.datetime.now(dt.UTC),
-        app_id=APP_ID,
-        type=Topology.message_type(connector, routing_key),
         headers=header_table(connector, headers),
     )

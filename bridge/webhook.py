@@ -122,7 +122,7 @@ class Webhook:
         try:
             response, kind, outcome = await self._process(request, c)
         except Exception:
-            log.exception("webhook failed", connector=c)
+            log.exception("webhook.failed", connector=c)
             response, outcome = _json(_GENERAL, 500), "error"
         self._count(c, kind, outcome)
         duration = self._durations.get((c, kind))
@@ -147,7 +147,7 @@ class Webhook:
         except (Rejected, RecursionError) as exc:
             # RecursionError: JSON nested deeper than the decoder goes.
             text = exc.text if isinstance(exc, Rejected) else "JSON nested too deeply"
-            log.info("webhook rejected", connector=c, error=text[:200])
+            log.info("webhook.rejected", connector=c, error=text[:200])
             return _json(_WRONG_REQUEST, 400), "invalid", "rejected"
 
         obj = parsed.obj
@@ -195,11 +195,11 @@ class Webhook:
                     reply_to=reply_to,
                 )
             except BrokerUnavailable as exc:
-                log.warning("webhook refused: broker down and spool full", error=exc.text)
+                log.warning("webhook.refused", reason="broker down and spool full", error=exc.text)
                 response = _json(_NOT_READY, 503, {"Retry-After": str(RETRY_AFTER)})
                 return response, kind, "refused"
             if outcome == "spooled":
-                log.debug("webhook spooled")
+                log.debug("webhook.spooled")
         return _json(answer), kind, outcome
 
     async def _read(self, request: web.Request) -> bytes:

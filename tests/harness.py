@@ -37,6 +37,7 @@ import aio_pika
 import aiohttp
 
 from bridge.metrics import Metrics
+from bridge.topology import properties
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ROOT = Path(__file__).resolve().parent.parent
@@ -343,6 +344,24 @@ def _inherited_lock() -> bool:
                     fcntl.flock(int(fd), fcntl.LOCK_EX | fcntl.LOCK_NB)
                     return True
     return False
+
+
+def message(body: bytes, **kw: Any) -> aio_pika.Message:
+    """`body` with the properties the bridge gives every message it publishes
+    (`bridge.topology.properties`), for tests that publish like the bridge."""
+    p = properties(**kw)
+    return aio_pika.Message(
+        body,
+        content_type=p.content_type,
+        delivery_mode=aio_pika.DeliveryMode(p.delivery_mode),
+        message_id=p.message_id,
+        correlation_id=p.correlation_id,
+        reply_to=p.reply_to,
+        timestamp=p.timestamp,
+        app_id=p.app_id,
+        type=p.message_type,
+        headers=p.headers,
+    )
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:

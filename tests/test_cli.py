@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractRobustConnection
 from bridge import cli
 from bridge.oscc import codec, models
 from bridge.simulator import Simulator
-from bridge.topology import Topology, message
+from bridge.topology import Topology
 from tests.bridge_harness import (
     FB_TITLE,
     FB_TOKEN,
@@ -37,6 +37,7 @@ from tests.bridge_harness import (
     wait_until,
 )
 from tests.conftest import AMQP_URL
+from tests.harness import message
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {k: v for k, v in os.environ.items() if k not in ("AMQP_URL", "OSCC_URL")}

@@ -1,25 +1,25 @@
-"""Every OSCC error code maps to the action and typed error DESIGN.md gives it."""
+"""Every OSCC error code maps to the typed error DESIGN.md gives it."""
 
 from __future__ import annotations
 
 import pytest
 
 from bridge import errors
-from bridge.oscc.codes import Action, ErrorCode, action_for, action_for_http, raise_for, text_of
+from bridge.oscc.codes import ErrorCode, error_for, error_for_http, raise_for, text_of
 
-# DESIGN.md, "OSCC side": code -> (action, typed error).
-EXPECTED: dict[int, tuple[Action, type[errors.BridgeError]]] = {
-    1: (Action.RETRY, errors.Transient),
-    2: (Action.WAIT_STALE, errors.StaleSession),
-    4: (Action.MISCONFIGURED, errors.ConnectorRefused),
-    6: (Action.REREGISTER, errors.SessionLost),
-    7: (Action.RETRY, errors.Transient),
-    8: (Action.MISCONFIGURED, errors.ConnectorRefused),
-    9: (Action.MISCONFIGURED, errors.ConnectorRefused),
-    10: (Action.REREGISTER, errors.SessionLost),
-    11: (Action.REJECT, errors.Rejected),
-    12: (Action.REJECT, errors.Rejected),
-    13: (Action.REJECT, errors.Rejected),
+# DESIGN.md, "OSCC side": code -> typed error (which says what the bridge does).
+EXPECTED: dict[int, type[errors.BridgeError]] = {
+    1: errors.Transient,
+    2: errors.StaleSession,
+    4: errors.ConnectorRefused,
+    6: errors.SessionLost,
+    7: errors.Transient,
+    8: errors.ConnectorRefused,
+    9: errors.ConnectorRefused,
+    10: errors.SessionLost,
+    11: errors.Rejected,
+    12: errors.Rejected,
+    13: errors.Rejected,
 }
 
 # Typed errors that must NOT be caught by a handler for another family: a Rejected message
@@ -54,14 +54,14 @@ def test_guide_codes_and_texts() -> None:
 
 
 def test_no_error_is_ok_and_raises_nothing() -> None:
-    assert action_for(0) is Action.OK
+    assert error_for(0) is None
     assert raise_for(0) is None
     assert raise_for(0, "NO_ERROR") is None
 
 
-@pytest.mark.parametrize(("code", "action", "error"), [(c, *v) for c, v in EXPECTED.items()])
-def test_code_action_and_error(code: int, action: Action, error: type[errors.BridgeError]) -> None:
-    assert action_for(code) is action
+@pytest.mark.parametrize(("code", "error"), EXPECTED.items())
+def test_code_and_error(code: int, error: type[errors.BridgeError]) -> None:
+    assert error_for(code) is error
     with pytest.raises(error) as caught:
         raise_for(code, f"text of {code}")
     assert type(caught.value) is error, "a subclass would change how callers dispatch"
@@ -81,7 +81,7 @@ def test_missing_text_falls_back_to_the_guide_name(code: int) -> None:
 
 @pytest.mark.parametrize("code", [3, 5, 14, 99, -1, 500])
 def test_unknown_code_is_transient(code: int) -> None:
-    assert action_for(code) is Action.RETRY
+    assert error_for(code) is errors.Transient
     assert text_of(code) == f"UNKNOWN_{code}"
     with pytest.raises(errors.Transient) as caught:
         raise_for(code)
@@ -97,32 +97,32 @@ def test_rejected_carries_no_path_from_an_oscc_answer() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "action"),
+    ("status", "error"),
     [
-        (401, Action.REREGISTER),
-        (403, Action.REREGISTER),
-        (500, Action.RETRY),
-        (502, Action.RETRY),
-        (503, Action.RETRY),
-        (504, Action.RETRY),
-        (599, Action.RETRY),
-        (408, Action.RETRY),
-        (429, Action.RETRY),
-        (400, Action.REJECT),
-        (413, Action.REJECT),
-        (422, Action.REJECT),
-        (404, Action.RETRY),  # a wrong oscc.url must not dead-letter every contact
-        (405, Action.RETRY),
-        (200, Action.OK),
-        (204, Action.OK),
+        (401, errors.SessionLost),
+        (403, errors.SessionLost),
+        (500, errors.Transient),
+        (502, errors.Transient),
+        (503, errors.Transient),
+        (504, errors.Transient),
+        (599, errors.Transient),
+        (408, errors.Transient),
+        (429, errors.Transient),
+        (400, errors.Rejected),
+        (413, errors.Rejected),
+        (422, errors.Rejected),
+        (404, errors.Transient),  # a wrong oscc.url must not dead-letter every contact
+        (405, errors.Transient),
+        (200, None),
+        (204, None),
     ],
 )
-def test_http_status_action(status: int, action: Action) -> None:
-    assert action_for_http(status) is action
+def test_http_status_error(status: int, error: type[errors.BridgeError] | None) -> None:
+    assert error_for_http(status) is error
 
 
-def test_every_action_but_ok_has_an_error() -> None:
-    """raise_for must be able to raise for every action a code can map to."""
+def test_every_code_but_no_error_raises() -> None:
+    """raise_for raises for every code but 0, known or not."""
     for code in [*EXPECTED, 3, 99]:
         with pytest.raises(errors.BridgeError):
             raise_for(code)

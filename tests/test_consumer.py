@@ -24,12 +24,13 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from bridge.app import Bridge as App
+from bridge.broker import Broker
 from bridge.config import BrokerConfig, Config, ConnectorConfig, HttpConfig, OsccConfig, SpoolConfig
 from bridge.consumer import Consumer
 from bridge.dedupe import DedupeStore
+from bridge.delivery import key_of
 from bridge.metrics import Metrics
 from bridge.oscc.client import OsccClient
-from bridge.outcomes import key_of
 from bridge.publisher import Publisher
 from bridge.session import SessionSupervisor
 from bridge.simulator import Simulator
@@ -145,8 +146,10 @@ async def bridge(
         stack.push_async_callback(connection.close)
         channel = await connection.channel()
         stack.push_async_callback(topology.delete, channel, [C])
-        publisher = Publisher(config.broker, topology, connectors=[C], metrics=metrics)
-        await stack.enter_async_context(publisher)
+        broker = await stack.enter_async_context(
+            Broker(config.broker, topology, connectors=[C], metrics=metrics)
+        )
+        publisher = await stack.enter_async_context(Publisher(broker))
         client = await stack.enter_async_context(
             OsccClient(config.oscc, connector=C, metrics=metrics)
         )
@@ -162,7 +165,7 @@ async def bridge(
         consumer = Consumer(
             config,
             config.connectors[0],
-            topology,
+            broker,
             publisher,
             supervisor,
             client,

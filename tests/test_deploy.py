@@ -300,7 +300,7 @@ def compose() -> dict[str, Any]:
 
 def test_compose_services_and_healthchecks() -> None:
     services = compose()["services"]
-    assert set(services) == {"rabbitmq", "simulator", "bridge"}
+    assert set(services) == {"rabbitmq", "simulator", "bridge", "bridge-2"}
     assert services["rabbitmq"]["image"].startswith("rabbitmq:3-management")
     for name, service in services.items():
         assert service["healthcheck"]["test"][0] == "CMD", name
@@ -332,6 +332,26 @@ def test_compose_bridge_config_points_at_the_services() -> None:
     assert Path(cfg.spool.dir).is_relative_to("/var/lib/oscc-bridge")
     # the simulator accepts this token by default
     assert cfg.connectors[0].token == "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
+
+
+def test_compose_runs_two_bridges_each_with_its_own_spool() -> None:
+    services = compose()["services"]
+    one, two = services["bridge"], services["bridge-2"]
+    differ = {"volumes", "ports"}
+    assert {k: v for k, v in one.items() if k not in differ} == {
+        k: v for k, v in two.items() if k not in differ
+    }
+    state = {
+        name: [v.split(":")[0] for v in s["volumes"] if v.endswith(":/var/lib/oscc-bridge")]
+        for name, s in (("bridge", one), ("bridge-2", two))
+    }
+    assert state == {"bridge": ["bridge-state"], "bridge-2": ["bridge-2-state"]}
+    assert set(compose()["volumes"]) >= {"bridge-state", "bridge-2-state"}
+    assert [v for v in one["volumes"] if "bridge.toml" in v] == [
+        v for v in two["volumes"] if "bridge.toml" in v
+    ]
+    assert {p.split(":")[1] for p in one["ports"] + two["ports"]} == {"8080", "8081"}
+    assert "deploy" not in two  # replicas would share one named volume
 
 
 def test_compose_healthchecks_probe_the_right_ports() -> None:
@@ -380,7 +400,7 @@ def manifests() -> dict[str, dict[str, Any]]:
 
 
 def container() -> dict[str, Any]:
-    [c] = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    [c] = manifests()["StatefulSet"]["spec"]["template"]["spec"]["containers"]
     return c
 
 
@@ -397,8 +417,8 @@ def test_kustomization_lists_every_manifest() -> None:
     assert set(manifests()) == {
         "ConfigMap",
         "Secret",
-        "PersistentVolumeClaim",
-        "Deployment",
+        "StatefulSet",
+        "PodDisruptionBudget",
         "Service",
         "ServiceMonitor",
     }
@@ -442,15 +462,30 @@ def test_deployment_probes_ports_and_resources() -> None:
     assert {"secretRef": {"name": manifests()["Secret"]["metadata"]["name"]}} in c["envFrom"]
 
 
-def test_deployment_is_one_replica_recreated() -> None:
-    """Two bridges with the same connectors would fight over one OSCC session."""
-    spec = manifests()["Deployment"]["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+def test_statefulset_runs_two_replicas_apart_and_rolls() -> None:
+    """Two instances, one owns each connector; a rolling update replaces one pod at a
+    time, on different nodes when it can, and a drain never takes both."""
+    spec = manifests()["StatefulSet"]["spec"]
+    assert spec["replicas"] == 2
+    assert spec["serviceName"] == manifests()["Service"]["metadata"]["name"]
+    assert spec["updateStrategy"]["type"] == "RollingUpdate"
+    assert spec["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == 1
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= pod_labels.items()
+    [term] = spec["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+    pdb = manifests()["PodDisruptionBudget"]["spec"]
+    assert pdb["maxUnavailable"] == 1
+    assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
+    # the spool's claims outlive the set: they may hold messages
+    assert set(spec["persistentVolumeClaimRetentionPolicy"].values()) == {"Retain"}
 
 
 def test_deployment_security_context() -> None:
-    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
+    pod = manifests()["StatefulSet"]["spec"]["template"]["spec"]
     [user] = args_of("USER", final())
     uid = int(user.split(":")[0])
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -463,24 +498,24 @@ def test_deployment_security_context() -> None:
 
 
 def test_deployment_mounts_config_state_and_tmp() -> None:
-    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
-    volumes = {v["name"]: v for v in pod["volumes"]}
+    spec = manifests()["StatefulSet"]["spec"]
+    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container()["volumeMounts"]}
     assert (
         volumes[mounts["/etc/oscc-bridge"]]["configMap"]["name"]
         == (manifests()["ConfigMap"]["metadata"]["name"])
     )
-    state = volumes[mounts["/var/lib/oscc-bridge"]]
-    assert (
-        state["persistentVolumeClaim"]["claimName"]
-        == (manifests()["PersistentVolumeClaim"]["metadata"]["name"])
-    )
+    # a claim per pod: each instance locks its own spool directory
+    claims = {t["metadata"]["name"]: t["spec"] for t in spec["volumeClaimTemplates"]}
+    state = claims[mounts["/var/lib/oscc-bridge"]]
+    assert state["accessModes"] == ["ReadWriteOnce"]
+    assert mounts["/var/lib/oscc-bridge"] not in volumes
     assert "emptyDir" in volumes[mounts["/tmp"]]
     assert Path(k8s_config().spool.dir).is_relative_to("/var/lib/oscc-bridge")
 
 
 def test_service_and_servicemonitor_select_the_pods() -> None:
-    pod_labels = manifests()["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    pod_labels = manifests()["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
     service = manifests()["Service"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     service_ports = {p["name"]: p for p in service["spec"]["ports"]}
@@ -510,7 +545,7 @@ def test_manifests_validate_against_kubernetes_schemas() -> None:
         if kind == "ServiceMonitor":
             continue  # a CRD: its schema is not part of Kubernetes
         kv.validate(doc, version, strict=True)
-    broken = copy.deepcopy(manifests()["Deployment"])
+    broken = copy.deepcopy(manifests()["StatefulSet"])
     broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnly"] = True
     with pytest.raises(kv.ValidationError):
         kv.validate(broken, version, strict=True)

@@ -47,6 +47,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge import webhook
+from bridge.broker import Broker
 from bridge.config import (
     BrokerConfig,
     Config,
@@ -484,15 +485,10 @@ class WebhookHarness:
         self.spool = await self.stack.enter_async_context(
             Spool(self.spool_dir, max_bytes=64 * 1024 * 1024, metrics=self.metrics)
         )
-        self.publisher = await self.stack.enter_async_context(
-            Publisher(
-                self.config.broker,
-                self.topology,
-                connectors=[C, S],
-                metrics=self.metrics,
-                spool=self.spool,
-            )
+        broker = await self.stack.enter_async_context(
+            Broker(self.config.broker, self.topology, connectors=[C, S], metrics=self.metrics)
         )
+        self.publisher = await self.stack.enter_async_context(Publisher(broker, spool=self.spool))
         self.queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
         for c in (C, S):
             await self.queue.bind(self.topology.exchange, f"{c}.#")
@@ -672,9 +668,10 @@ class ConsumerHarness:
         self.stack.push_async_callback(connection.close)
         self.channel = await connection.channel(publisher_confirms=True)
         self.stack.push_async_callback(self.topology.delete, self.channel, [C])
-        publisher = await self.stack.enter_async_context(
-            Publisher(self.config.broker, self.topology, connectors=[C], metrics=self.metrics)
+        broker = await self.stack.enter_async_context(
+            Broker(self.config.broker, self.topology, connectors=[C], metrics=self.metrics)
         )
+        publisher = await self.stack.enter_async_context(Publisher(broker))
         client = await self.stack.enter_async_context(
             OsccClient(self.config.oscc, connector=C, metrics=self.metrics)
         )
@@ -685,7 +682,7 @@ class ConsumerHarness:
             Consumer(
                 self.config,
                 self.config.connectors[0],
-                self.topology,
+                broker,
                 publisher,
                 supervisor,
                 client,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from bridge.lanes import Gate, Lane, Lanes
 
@@ -18,9 +19,9 @@ class Recorder:
 
     async def __call__(self, item: str, lane: Lane[str]) -> None:
         self._mark("start", item)
-        lane.busy = item in self.busy
-        if item in self.hold:
-            await self.hold[item].wait()
+        with lane.busy() if item in self.busy else contextlib.nullcontext():
+            if item in self.hold:
+                await self.hold[item].wait()
         self._mark("end", item)
 
     def _event(self, kind: str, item: str) -> asyncio.Event:

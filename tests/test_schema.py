@@ -327,9 +327,9 @@ def test_the_supervisors_change_bodies_are_session_changes() -> None:
 
 
 def test_the_consumers_outcome_ids_are_contact_outcome_fields() -> None:
-    from bridge import outcomes
+    from bridge import delivery
 
-    ids = outcomes.ids_of(outcomes.CONTACT, new_contact())
+    ids = delivery.ids_of(delivery.MessageKind.CONTACT, new_contact())
     assert ids == {"publishedObjectId": "p-1", "sourceId": "s-1"}
     fields = {f.encode_name for f in msgspec.structs.fields(ContactOutcome)}
     assert set(ids) | {"messageId", "errorCode", "errorText", "reason"} == fields

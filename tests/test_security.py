@@ -39,6 +39,7 @@ from aiohttp import web
 from bridge import config as config_module
 from bridge import errors, webhook
 from bridge.app import Bridge
+from bridge.broker import Broker
 from bridge.config import (
     BrokerConfig,
     Config,
@@ -156,11 +157,10 @@ async def running(prefix: str, tmp_path: Path, **http: Any) -> AsyncIterator[Ing
             spool = await stack.enter_async_context(
                 Spool(config.spool.dir, max_bytes=1 << 26, metrics=metrics)
             )
-            publisher = await stack.enter_async_context(
-                Publisher(
-                    config.broker, topology, connectors=[FB, SEC], metrics=metrics, spool=spool
-                )
+            broker = await stack.enter_async_context(
+                Broker(config.broker, topology, connectors=[FB, SEC], metrics=metrics)
             )
+            publisher = await stack.enter_async_context(Publisher(broker, spool=spool))
             channel = await amqp.channel()
             queue = await channel.declare_queue(exclusive=True)
             await queue.bind(topology.exchange, "#")
@@ -611,7 +611,7 @@ async def test_spool_file_names_do_not_come_from_messages(tmp_path: Path) -> Non
     """A spooled message with path-like ids and routing key lands in numbered segments."""
     record_fields = {"../../evil": "../../../etc/passwd"}
     async with Spool(tmp_path / "spool", max_bytes=1 << 20) as spool:
-        await spool.append(
+        await spool.enqueue(
             SpoolRecord(
                 connector="../../x",
                 routing_key="../../y",

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 
 from bridge import errors
+from bridge.backoff import backoff_delay
 from bridge.config import Config, ConnectorConfig, HttpConfig, OsccConfig, SpoolConfig
 from bridge.metrics import Metrics
 from bridge.oscc.client import OsccClient
-from bridge.session import SessionState, SessionSupervisor, backoff_delay
+from bridge.session import SessionState, SessionSupervisor
 from bridge.simulator import Simulator
 
 TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"

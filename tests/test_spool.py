@@ -15,7 +15,8 @@ import pytest
 
 from bridge.errors import BrokerUnavailable
 from bridge.metrics import Metrics
-from bridge.spool import Spool, SpoolRecord, frame
+from bridge.segment import frame
+from bridge.spool import Spool, SpoolRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,8 +32,8 @@ def rec(i: int, size: int = 10) -> SpoolRecord:
     )
 
 
-def numbers(spool: Spool, limit: int = 100_000) -> list[int]:
-    return [int(e.record.message_id[2:]) for e in spool.read(limit)]
+async def numbers(spool: Spool, limit: int = 100_000) -> list[int]:
+    return [int(e.record.message_id[2:]) for e in await spool.read(limit)]
 
 
 def segments(path: Path) -> list[Path]:
@@ -52,8 +53,8 @@ async def test_record_round_trips_every_field(tmp_path: Path) -> None:
         reply_to="oscc.email.stream.response",
     )
     async with Spool(tmp_path, max_bytes=1 << 20) as spool:
-        await spool.append(r)
-        [entry] = spool.read(10)
+        await spool.enqueue(r)
+        [entry] = await spool.read(10)
     assert entry.record == r
 
 
@@ -62,11 +63,11 @@ async def test_fifo_across_concurrent_appends_and_segments(tmp_path: Path) -> No
         # Appends queued in call order are written in that order, whatever the batching
         # (a segment is closed after the batch that filled it).
         for start in range(0, 500, 50):
-            await asyncio.gather(*(spool.append(rec(i)) for i in range(start, start + 50)))
+            await asyncio.gather(*(spool.enqueue(rec(i)) for i in range(start, start + 50)))
         assert spool.messages == spool.committed == 500
         assert len(segments(tmp_path)) > 5
-        assert numbers(spool) == list(range(500))
-        assert numbers(spool, 7) == list(range(7))
+        assert await numbers(spool) == list(range(500))
+        assert await numbers(spool, 7) == list(range(7))
 
 
 async def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ async def test_concurrent_appends_share_fsyncs(tmp_path: Path) -> None:
             super()._write(fd, at, data)
 
     async with Counting(tmp_path, max_bytes=1 << 24) as spool:
-        await asyncio.gather(*(spool.append(rec(i)) for i in range(300)))
+        await asyncio.gather(*(spool.enqueue(rec(i)) for i in range(300)))
     assert writes < 30, writes  # one fsync per batch, not per record
 
 
@@ -87,21 +88,21 @@ async def test_ack_drops_records_and_segments(tmp_path: Path) -> None:
     metrics = Metrics()
     async with Spool(tmp_path, max_bytes=1 << 24, segment_bytes=1024, metrics=metrics) as spool:
         for i in range(40):
-            await spool.append(rec(i))
+            await spool.enqueue(rec(i))
         assert metrics.spool_messages._value.get() == 40
         assert metrics.spool_bytes._value.get() == spool.nbytes > 0
         before = len(segments(tmp_path))
-        entries = spool.read(25)
-        spool.ack(entries)
+        entries = await spool.read(25)
+        await spool.ack(entries)
         assert spool.messages == 15
-        assert numbers(spool) == list(range(25, 40))
+        assert await numbers(spool) == list(range(25, 40))
         assert len(segments(tmp_path)) < before
-        spool.ack(spool.read(100))
+        await spool.ack(await spool.read(100))
         assert spool.messages == spool.nbytes == 0
         assert metrics.spool_messages._value.get() == 0
         assert segments(tmp_path) == []  # nothing left behind once drained
-        await spool.append(rec(99))
-        assert numbers(spool) == [99]
+        await spool.enqueue(rec(99))
+        assert await numbers(spool) == [99]
         assert spool.status() == {
             "messages": 1,
             "bytes": spool.nbytes,
@@ -114,20 +115,20 @@ async def test_ack_drops_records_and_segments(tmp_path: Path) -> None:
 async def test_restart_resumes_after_the_last_ack(tmp_path: Path) -> None:
     async with Spool(tmp_path, max_bytes=1 << 24, segment_bytes=700) as spool:
         for i in range(30):
-            await spool.append(rec(i))
-        spool.ack(spool.read(12))
+            await spool.enqueue(rec(i))
+        await spool.ack(await spool.read(12))
     async with Spool(tmp_path, max_bytes=1 << 24, segment_bytes=700) as spool:
         assert spool.messages == 18
-        assert numbers(spool) == list(range(12, 30))
-        await spool.append(rec(30))
-        assert numbers(spool) == list(range(12, 31))
-        spool.ack(spool.read(5))
+        assert await numbers(spool) == list(range(12, 30))
+        await spool.enqueue(rec(30))
+        assert await numbers(spool) == list(range(12, 31))
+        await spool.ack(await spool.read(5))
     async with Spool(tmp_path, max_bytes=1 << 24) as spool:
-        assert numbers(spool) == list(range(17, 31))
-        spool.ack(spool.read(100))
+        assert await numbers(spool) == list(range(17, 31))
+        await spool.ack(await spool.read(100))
     async with Spool(tmp_path, max_bytes=1 << 24) as spool:
         assert spool.messages == 0
-        assert numbers(spool) == []
+        assert await numbers(spool) == []
 
 
 @pytest.mark.parametrize(
@@ -146,32 +147,32 @@ async def test_torn_last_record_is_dropped_and_earlier_ones_kept(
 ) -> None:
     async with Spool(tmp_path, max_bytes=1 << 24) as spool:
         for i in range(5):
-            await spool.append(rec(i))
+            await spool.enqueue(rec(i))
     [segment] = segments(tmp_path)
     good_size = segment.stat().st_size
     with segment.open("ab") as f:
         f.write(tail(frame(rec(5))))
     async with Spool(tmp_path, max_bytes=1 << 24) as spool:
         assert spool.messages == 5
-        assert numbers(spool) == list(range(5))
+        assert await numbers(spool) == list(range(5))
         assert segment.stat().st_size == good_size  # the torn bytes are gone
-        await spool.append(rec(6))
-        assert numbers(spool) == [0, 1, 2, 3, 4, 6]
+        await spool.enqueue(rec(6))
+        assert await numbers(spool) == [0, 1, 2, 3, 4, 6]
     async with Spool(tmp_path, max_bytes=1 << 24) as spool:
-        assert numbers(spool) == [0, 1, 2, 3, 4, 6]
+        assert await numbers(spool) == [0, 1, 2, 3, 4, 6]
 
 
 async def test_full_spool_raises_broker_unavailable(tmp_path: Path) -> None:
     one = len(frame(rec(0)))
     async with Spool(tmp_path, max_bytes=one * 10 + one // 2) as spool:
         for i in range(10):
-            await spool.append(rec(i))
+            await spool.enqueue(rec(i))
         with pytest.raises(BrokerUnavailable, match="spool full"):
-            await spool.append(rec(10))
+            await spool.enqueue(rec(10))
         assert spool.messages == 10
-        spool.ack(spool.read(1))
-        await spool.append(rec(10))  # room again
-        assert numbers(spool) == list(range(1, 11))
+        await spool.ack(await spool.read(1))
+        await spool.enqueue(rec(10))  # room again
+        assert await numbers(spool) == list(range(1, 11))
 
 
 async def test_a_failed_disk_write_fails_the_append_and_leaves_no_garbage(tmp_path: Path) -> None:
@@ -187,13 +188,13 @@ async def test_a_failed_disk_write_fails_the_append_and_leaves_no_garbage(tmp_pa
 
     async with Flaky(tmp_path, max_bytes=1 << 24) as spool:
         with pytest.raises(BrokerUnavailable, match="spool write failed"):
-            await spool.append(rec(1))
+            await spool.enqueue(rec(1))
         assert spool.messages == 0
         fail = False
-        await spool.append(rec(2))
-        assert numbers(spool) == [2]
+        await spool.enqueue(rec(2))
+        assert await numbers(spool) == [2]
     async with Spool(tmp_path, max_bytes=1 << 24) as spool:
-        assert numbers(spool) == [2]
+        assert await numbers(spool) == [2]
 
 
 CHILD = textwrap.dedent(
@@ -210,7 +211,7 @@ CHILD = textwrap.dedent(
                                 message_id=f"m-{n + i}", timestamp=dt.datetime.now(dt.UTC))
                     for i in range(20)
                 ]
-                await asyncio.gather(*(spool.append(r) for r in batch))
+                await asyncio.gather(*(spool.enqueue(r) for r in batch))
                 n += len(batch)
                 print(n, flush=True)  # every record up to n is on disk
 
@@ -237,6 +238,6 @@ async def test_sigkill_while_appending_loses_nothing_acknowledged(tmp_path: Path
         await proc.wait()
     assert acknowledged >= 3000
     async with Spool(tmp_path, max_bytes=1 << 30) as spool:
-        found = numbers(spool)
+        found = await numbers(spool)
     assert len(found) >= acknowledged
     assert found == list(range(len(found)))  # in order, no gap, no torn record

@@ -24,6 +24,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import web
 
+from bridge.broker import Broker
 from bridge.config import Config, parse
 from bridge.metrics import Metrics
 from bridge.oscc import codec
@@ -120,11 +121,10 @@ async def running(
             spool = await stack.enter_async_context(
                 Spool(config.spool.dir, max_bytes=spool_max, metrics=metrics)
             )
-            publisher = await stack.enter_async_context(
-                Publisher(
-                    config.broker, topology, connectors=connectors, metrics=metrics, spool=spool
-                )
+            broker = await stack.enter_async_context(
+                Broker(config.broker, topology, connectors=connectors, metrics=metrics)
             )
+            publisher = await stack.enter_async_context(Publisher(broker, spool=spool))
             # What OSCC's calls should produce, and nothing else: a wrong routing key
             # would end in <prefix>.unrouted.
             channel = await amqp.channel()

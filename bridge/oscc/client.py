@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ssl
 import time
-from types import TracebackType
 from typing import Any, Final, TypeVar
 
 import aiohttp
@@ -30,6 +29,7 @@ import msgspec
 
 from bridge import errors
 from bridge.config import OsccConfig, mask_url
+from bridge.lifecycle import Service
 from bridge.logs import get_logger, register_secret
 from bridge.metrics import Metrics
 from bridge.oscc import codec, codes, models
@@ -62,7 +62,7 @@ def tls_context(config: OsccConfig) -> ssl.SSLContext | bool:
     return context
 
 
-class OsccClient:
+class OsccClient(Service):
     """POSTs the guide's commands to ``config.url`` over one aiohttp ClientSession.
 
     Use as ``async with OsccClient(config.oscc, connector="facebook", metrics=m):``. The
@@ -94,7 +94,8 @@ class OsccClient:
         self._urls[LISTEN_FOR_EVENTS] = base + (lfe if lfe.startswith("/") else "/" + lfe)
         self._log = get_logger("bridge.oscc", connector=connector)
 
-    async def __aenter__(self) -> OsccClient:
+    async def start(self) -> None:
+        """Create the ClientSession (unless one was passed in)."""
         if not self.config.verify_tls and self.config.url.startswith("https:"):
             self._log.warning(
                 "oscc.tls_verification_disabled",
@@ -102,17 +103,8 @@ class OsccClient:
                 hint="oscc.verify_tls = false: OSCC's certificate is not checked",
             )
         self._session()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
+    async def stop(self) -> None:
         """Close the ClientSession if this client created it."""
         if self._owns_http and self._http is not None:
             await self._http.close()
@@ -226,9 +218,8 @@ class OsccClient:
             if answer is None:
                 raise errors.Transient(f"{endpoint}: HTTP {status} without a JSON answer")
             return answer
-        action = codes.action_for_http(status)
         error: errors.BridgeError
-        if action is codes.Action.REJECT:
+        if codes.error_for_http(status) is errors.Rejected:
             error = errors.Rejected(f"{endpoint}: HTTP {status}")
         else:
             if 300 <= status < 400:

@@ -1,4 +1,5 @@
-"""OSCC error codes (guide §6) and what each one means to the bridge (DESIGN.md)."""
+"""OSCC error codes (guide §6) and the error each one raises (DESIGN.md); what the bridge
+does about each error is `bridge.errors`'."""
 
 from __future__ import annotations
 
@@ -24,38 +25,20 @@ class ErrorCode(enum.IntEnum):
     WRONG_DATE_FORMAT = 13
 
 
-class Action(enum.Enum):
-    """What the bridge does when OSCC answers with a code."""
-
-    OK = "ok"
-    RETRY = "retry"  # transient: capped backoff with jitter
-    REREGISTER = "reregister"  # session gone: single-flight re-registration, then retry
-    WAIT_STALE = "wait_stale"  # registration only: a stale session holds the connector
-    MISCONFIGURED = "misconfigured"  # registration only: state failed, retry slowly
-    REJECT = "reject"  # the message itself is wrong: dead-letter, never retry
-
-
-_ACTIONS: dict[int, Action] = {
-    ErrorCode.NO_ERROR: Action.OK,
-    ErrorCode.GENERAL_ERROR: Action.RETRY,
-    ErrorCode.NOT_READY: Action.RETRY,
-    ErrorCode.AUTH_STATEMENT_NOT_VALID: Action.REREGISTER,
-    ErrorCode.CONNECTOR_NOT_REGISTERED: Action.REREGISTER,
-    ErrorCode.ALREADY_REGISTERED_ON: Action.WAIT_STALE,
-    ErrorCode.WRONG_TITLE_OR_TOKEN_NOT_FOUND: Action.MISCONFIGURED,
-    ErrorCode.NOT_ENABLED: Action.MISCONFIGURED,
-    ErrorCode.CONNECTOR_BLOCKED: Action.MISCONFIGURED,
-    ErrorCode.WRONG_API_REQUEST: Action.REJECT,
-    ErrorCode.STRING_OUT_OF_BOUND: Action.REJECT,
-    ErrorCode.WRONG_DATE_FORMAT: Action.REJECT,
-}
-
-_ERRORS: dict[Action, type[errors.BridgeError]] = {
-    Action.RETRY: errors.Transient,
-    Action.REREGISTER: errors.SessionLost,
-    Action.WAIT_STALE: errors.StaleSession,
-    Action.MISCONFIGURED: errors.ConnectorRefused,
-    Action.REJECT: errors.Rejected,
+# What each code means, as the error the bridge raises for it; each error class says what
+# the bridge does about it (bridge.errors). NO_ERROR raises nothing.
+_ERRORS: dict[int, type[errors.BridgeError]] = {
+    ErrorCode.GENERAL_ERROR: errors.Transient,
+    ErrorCode.NOT_READY: errors.Transient,
+    ErrorCode.AUTH_STATEMENT_NOT_VALID: errors.SessionLost,
+    ErrorCode.CONNECTOR_NOT_REGISTERED: errors.SessionLost,
+    ErrorCode.ALREADY_REGISTERED_ON: errors.StaleSession,  # registration only
+    ErrorCode.WRONG_TITLE_OR_TOKEN_NOT_FOUND: errors.ConnectorRefused,  # registration only
+    ErrorCode.NOT_ENABLED: errors.ConnectorRefused,
+    ErrorCode.CONNECTOR_BLOCKED: errors.ConnectorRefused,
+    ErrorCode.WRONG_API_REQUEST: errors.Rejected,
+    ErrorCode.STRING_OUT_OF_BOUND: errors.Rejected,
+    ErrorCode.WRONG_DATE_FORMAT: errors.Rejected,
 }
 
 
@@ -67,31 +50,33 @@ def text_of(code: int) -> str:
         return f"UNKNOWN_{code}"
 
 
-def action_for(code: int) -> Action:
-    """What to do about `code`; an unknown code is treated as transient."""
-    return _ACTIONS.get(code, Action.RETRY)
+def error_for(code: int) -> type[errors.BridgeError] | None:
+    """The error `code` means; None for NO_ERROR; an unknown code is transient."""
+    if code == ErrorCode.NO_ERROR:
+        return None
+    return _ERRORS.get(code, errors.Transient)
 
 
 def raise_for(code: int, text: str | None = None) -> None:
     """Raise the typed error for an OSCC answer; return quietly for NO_ERROR."""
-    action = action_for(code)
-    if action is Action.OK:
-        return
-    raise _ERRORS[action](text or text_of(code), code=code)
+    error = error_for(code)
+    if error is not None:
+        raise error(text or text_of(code), code=code)
 
 
-def action_for_http(status: int) -> Action:
-    """What to do about an HTTP status from OSCC that carried no usable JSON answer."""
+def error_for_http(status: int) -> type[errors.BridgeError] | None:
+    """The error an HTTP status from OSCC means when it carried no usable JSON answer;
+    None for a success."""
     if status in (401, 403):
-        return Action.REREGISTER
+        return errors.SessionLost
     if status in _MESSAGE_AT_FAULT:
-        return Action.REJECT
+        return errors.Rejected
     if status >= 400:
         # 404, 405, 5xx...: a wrong oscc.url or a proxy in the way is our configuration's
         # fault, not the message's; retrying (and pausing consumers) keeps every contact,
         # where dead-lettering would discard all of them until someone noticed.
-        return Action.RETRY
-    return Action.OK
+        return errors.Transient
+    return None
 
 
 # HTTP statuses that blame the request body itself.

@@ -160,19 +160,9 @@ class RegistrationResponse(_Secret, Answer, kw_only=True):
     user_credentials: UserCredentials | None = None
 
 
-class KeepAlive(Wire, kw_only=True):
-    """Keep Alive request: an empty object."""
-
-
 class ListenForEvents(Wire, kw_only=True):
     enabled_listen_for_event: bool
 
-
-# Responses that carry nothing beyond errorCode/errorText/type.
-NewContactResponse = Answer
-KeepAliveResponse = Answer
-ListenForEventsResponse = Answer
-OutgoingPublicationResponse = Answer
 
 # ---------------------------------------------------------------------------------------
 # §3 New Contact (strict: the bridge sends it)

@@ -38,6 +38,7 @@ import aio_pika
 import aiohttp
 
 from bridge import logs
+from bridge.broker import Broker
 from bridge.config import BrokerConfig, Config, ConnectorConfig, HttpConfig, OsccConfig, SpoolConfig
 from bridge.consumer import Consumer
 from bridge.dedupe import DedupeStore
@@ -153,10 +154,11 @@ async def through_bridge(
         topology = Topology(prefix, config.broker.queue_type)
         metrics = Metrics()
         async with contextlib.AsyncExitStack() as stack:
-            publisher = await stack.enter_async_context(
-                Publisher(config.broker, topology, connectors=[c], metrics=metrics)
+            broker = await stack.enter_async_context(
+                Broker(config.broker, topology, connectors=[c], metrics=metrics)
             )
-            channel = await publisher.connection.channel(publisher_confirms=True)
+            publisher = await stack.enter_async_context(Publisher(broker))
+            channel = await broker.channel(publisher_confirms=True)
             stack.push_async_callback(topology.delete, channel, [c])
             exchange = await channel.get_exchange(prefix, ensure=False)
             key = topology.contact_new_key(c)
@@ -191,7 +193,7 @@ async def through_bridge(
             consumer = Consumer(
                 config,
                 config.connectors[0],
-                topology,
+                broker,
                 publisher,
                 supervisor,
                 client,

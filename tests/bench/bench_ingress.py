@@ -44,13 +44,15 @@ import aio_pika
 from aiohttp import web
 
 from bridge import logs
+from bridge.broker import Broker
 from bridge.config import Config, parse
 from bridge.metrics import Metrics
 from bridge.oscc import codec
 from bridge.publisher import Publisher
 from bridge.spool import Spool
-from bridge.topology import Topology, message
+from bridge.topology import Topology
 from bridge.webhook import add_routes, server_options
+from tests.harness import message
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 C = "facebook"
@@ -256,7 +258,8 @@ async def bridge(config: Config) -> AsyncIterator[tuple[int, Publisher]]:
     topology = Topology(config.broker.exchange, config.broker.queue_type)
     async with (
         Spool(config.spool.dir, max_bytes=config.spool.max_bytes, metrics=metrics) as spool,
-        Publisher(config.broker, topology, connectors=[C], metrics=metrics, spool=spool) as pub,
+        Broker(config.broker, topology, connectors=[C], metrics=metrics) as broker,
+        Publisher(broker, spool=spool) as pub,
     ):
         app = web.Application(client_max_size=config.http.max_body_bytes)
         add_routes(app, config, pub, metrics)
@@ -362,7 +365,7 @@ async def run(
         config = bench_config(prefix, spool_dir, queue_type)
         topology = Topology(prefix, config.broker.queue_type)
         async with bridge(config) as (port, pub):
-            channel = await pub.connection.channel()
+            channel = await pub.broker.channel()
             sink = await channel.declare_queue(
                 f"{prefix}.sink", durable=True, arguments={"x-queue-type": queue_type}
             )

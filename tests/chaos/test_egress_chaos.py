@@ -29,6 +29,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.broker import Broker
 from bridge.config import parse
 from bridge.consumer import Consumer
 from bridge.dedupe import FILE_NAME
@@ -325,12 +326,13 @@ async def test_consumer_start_gives_up_when_the_broker_went_away_first(
         )
         try:
             async with (
-                Publisher(config.broker, topology, connectors=[C], metrics=metrics) as pub,
+                Broker(config.broker, topology, connectors=[C], metrics=metrics) as broker,
+                Publisher(broker) as pub,
                 OsccClient(config.oscc, connector=C, metrics=metrics) as client,
             ):
                 supervisor = SessionSupervisor(config, config.connectors[0], client, metrics)
                 consumer = Consumer(
-                    config, config.connectors[0], topology, pub, supervisor, client, metrics,
+                    config, config.connectors[0], broker, pub, supervisor, client, metrics,
                     start_timeout=2.0,
                 )  # fmt: skip
                 async with broker_outage():

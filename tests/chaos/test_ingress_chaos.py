@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bridge.broker import Broker
 from bridge.config import Config, parse
 from bridge.metrics import Metrics
 from bridge.publisher import Publisher
@@ -130,7 +131,8 @@ async def webhook_bridge(config: Config, metrics: Metrics) -> AsyncIterator[tupl
     topology = Topology(config.broker.exchange, config.broker.queue_type)
     async with (
         Spool(config.spool.dir, max_bytes=config.spool.max_bytes, metrics=metrics) as spool,
-        Publisher(config.broker, topology, connectors=[C], metrics=metrics, spool=spool) as pub,
+        Broker(config.broker, topology, connectors=[C], metrics=metrics) as broker,
+        Publisher(broker, spool=spool) as pub,
     ):
         app = web.Application()
         add_routes(app, config, pub, metrics)
