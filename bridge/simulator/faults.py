@@ -47,6 +47,9 @@ class Faults:
     - `fail_next(endpoint, code, times)`: the next `times` calls to `endpoint` answer
       `code` (any code: 1 GENERAL_ERROR and 6 AUTH_STATEMENT_NOT_VALID come only from here).
     - `drop_sessions()`: forget every session; old tokens answer 10.
+    - `fail_objects[published_id] = status`: every newContact whose publishedObject.id is
+      `published_id` answers that HTTP status (a poison contact: OSCC fails it, and only
+      it, for ever).
     """
 
     state: State = field(repr=False)
@@ -55,6 +58,7 @@ class Faults:
     latency: float = 0.0
     refuse_registration: int | None = None
     refuse_registration_for: dict[str, int] = field(default_factory=dict)
+    fail_objects: dict[str, int] = field(default_factory=dict)
     _not_ready_until: float = 0.0
     _scripted: dict[str, _Scripted] = field(default_factory=dict)
     _rng: random.Random = field(init=False)
@@ -92,6 +96,7 @@ class Faults:
         self.latency = 0.0
         self.refuse_registration = None
         self.refuse_registration_for.clear()
+        self.fail_objects.clear()
         self._not_ready_until = 0.0
         self._scripted.clear()
 
@@ -112,6 +117,14 @@ class Faults:
                 return entry.code
         return None
 
+    def object_failure(self, endpoint: str, body: Any) -> int | None:
+        """The HTTP status a newContact with this body answers (`fail_objects`), or None."""
+        if endpoint != "newContact" or not self.fail_objects or not isinstance(body, dict):
+            return None
+        published = body.get("publishedObject")
+        pid = published.get("id") if isinstance(published, dict) else None
+        return self.fail_objects.get(pid) if isinstance(pid, str) else None
+
     def refusal(self, title: str) -> int | None:
         """The code a registration for `title` is refused with, or None."""
         return self.refuse_registration_for.get(title, self.refuse_registration)
@@ -126,6 +139,7 @@ class Faults:
             "latency": self.latency,
             "refuse_registration": self.refuse_registration,
             "refuse_registration_for": dict(self.refuse_registration_for),
+            "fail_objects": dict(self.fail_objects),
             "session_ttl": self.state.session_ttl,
             "fail_next": {k: {"code": v.code, "times": v.times} for k, v in self._scripted.items()},
         }
@@ -171,6 +185,19 @@ def _refusal(key: str, value: Any) -> int | None:
     return int(value)
 
 
+def _refusals(key: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}: expected an object title -> code")
+    checked = {str(t): _refusal(f"{key}.{t}", c) for t, c in value.items()}
+    return {t: c for t, c in checked.items() if c is not None}
+
+
+def _statuses(key: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}: expected an object publishedObject.id -> HTTP status")
+    return {str(i): int(_number(f"{key}.{i}", s, 400, 599)) for i, s in value.items()}
+
+
 def _check(key: str, value: Any) -> Any:
     match key:
         case "not_ready" | "latency":
@@ -182,10 +209,9 @@ def _check(key: str, value: Any) -> Any:
         case "refuse_registration":
             return _refusal(key, value)
         case "refuse_registration_for":
-            if not isinstance(value, dict):
-                raise ValueError(f"{key}: expected an object title -> code")
-            checked = {str(t): _refusal(f"{key}.{t}", c) for t, c in value.items()}
-            return {t: c for t, c in checked.items() if c is not None}
+            return _refusals(key, value)
+        case "fail_objects":
+            return _statuses(key, value)
         case "drop_sessions":
             if not isinstance(value, bool):
                 raise ValueError(f"{key}: expected true or false")

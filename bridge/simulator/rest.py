@@ -1,10 +1,11 @@
 """The OSCC REST side: the five ``/openmedia/webapi/main/*`` commands, checked as the guide says.
 
-Every call goes through the same gate, in this order: latency, HTTP 503 draw, the
-NOT_READY window, scripted answers (`Faults.fail_next`); then the command itself. Every
-command but registration needs ``Authorization: <session token>`` (bare) first: missing,
-unknown or expired answers 10 CONNECTOR_NOT_REGISTERED. Then the body must be JSON
-(``Content-Type: application/json``) or the answer is 11 WRONG_API_REQUEST. Objects are
+Every call goes through the same gate, in this order: latency, HTTP 503 draw, per-contact
+HTTP failures (`Faults.fail_objects`), the NOT_READY window, scripted answers
+(`Faults.fail_next`); then the command itself. Every command but registration needs
+``Authorization: <session token>`` (bare) first: missing, unknown or expired answers 10
+CONNECTOR_NOT_REGISTERED. Then the body must be JSON (``Content-Type:
+application/json``) or the answer is 11 WRONG_API_REQUEST. Objects are
 parsed with `bridge.oscc.models`, so the simulator and the bridge agree on every rule
 (11 shape, 12 length, 13 date). Every call is appended to `State.records`. OSCC answers
 errors with HTTP 200 and an errorCode; only the 5xx fault breaks that.
@@ -126,6 +127,9 @@ class OsccApi:
         if self.faults.draw_5xx():
             self._record(call, None, 503, None)
             return web.Response(status=503, text=_UNAVAILABLE, content_type="text/html")
+        if (status := self.faults.object_failure(endpoint, call.body)) is not None:
+            self._record(call, None, status, None)
+            return web.Response(status=status, text=f"HTTP {status}", content_type="text/html")
         outcome = await self._gate(call)
         code = outcome.answer.get("errorCode")
         self._record(call, outcome.title, 200, code if isinstance(code, int) else None)
