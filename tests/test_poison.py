@@ -237,13 +237,20 @@ ROUNDS, PER_ROUND, HUGE = 5, 16, 8 * 1024 * 1024
 
 @pytest.mark.chaos
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    "max_bytes",
+    [
+        pytest.param(1024 * 1024, id="unread"),
+        # read, then rejected for its 8 MB content (12 at $.publishedObject.content)
+        pytest.param(64 * 1024 * 1024, id="decoded"),
+    ],
+)
 async def test_rss_stays_bounded_through_rounds_of_oversized_contacts(
-    prefix: str, tmp_path: Path
+    prefix: str, tmp_path: Path, max_bytes: int
 ) -> None:
-    """A bridge process dead-letters 5 rounds of 16 contacts of 8 MB each
-    (max_message_bytes 1 MiB): its RSS after the last round, idle, stays near what the
-    first round left, instead of climbing with every round. (Chaos: slow, heavy on the
-    broker; it takes nothing away.)"""
+    """A bridge process dead-letters 5 rounds of 16 contacts of 8 MB each: its RSS after
+    the last round, idle, stays near what the first round left, instead of climbing with
+    every round. (Chaos: slow, heavy on the broker; it takes nothing away.)"""
     topology = Topology(prefix, "classic")
     port = free_port()
     config = bridge_config(
@@ -255,7 +262,9 @@ async def test_rss_stays_bounded_through_rounds_of_oversized_contacts(
         listen_for_events=False,
     )
     # classic queues: 640 MB through a shared broker is lighter on it than quorum logs
-    config = config.replace("[broker]\n", '[broker]\nqueue_type = "classic"\n', 1)
+    config = config.replace(
+        "[broker]\n", f'[broker]\nqueue_type = "classic"\nmax_message_bytes = {max_bytes}\n', 1
+    )
     huge = json.dumps(contact(1, 0, publishedObject__content="x" * HUGE)).encode()
     connection = await aio_pika.connect(AMQP_URL)
     try:
@@ -290,9 +299,11 @@ async def test_rss_stays_bounded_through_rounds_of_oversized_contacts(
                     f"peak {(hwm or 0) / 1024:.0f} MiB"
                 )
                 # The first round sets the level (allocator arenas, broker buffers); what
-                # the later rounds add is what stays alive. 16 x 8 MB = 128 MiB per round.
+                # later rounds add is what stays alive. A round is 16 x 8 MB = 128 MiB:
+                # measured, the growth is 0-50 MiB (allocator noise); with rejected bodies
+                # kept alive by their tracebacks it was 300-380 MiB.
                 growth = rss[-1] - rss[0]
-                assert growth < 64 * 1024, f"RSS grew {growth / 1024:.0f} MiB over {ROUNDS} rounds"
+                assert growth < 128 * 1024, f"RSS grew {growth / 1024:.0f} MiB in {ROUNDS} rounds"
     finally:
         with contextlib.suppress(Exception):
             channel = await connection.channel()
