@@ -269,6 +269,7 @@ class Consumer(Service):
             try:
                 answer = await self._send(work, lane)
             except errors.Rejected as exc:
+                untraced(exc)
                 with lane.busy():
                     by_oscc = not isinstance(exc, errors.Undeliverable)
                     await self._reject(work, exc, by_oscc=by_oscc)
@@ -327,6 +328,7 @@ class Consumer(Service):
                     with lane.busy():
                         answer = await send(token, body)
                 except errors.SessionLost as exc:
+                    untraced(exc)
                     retried.inc()
                     work.log.info("consumer.session_lost", error=exc.text)
                     await self._supervisor.session_lost(token)
@@ -335,6 +337,7 @@ class Consumer(Service):
                     self._gate.succeeded(work)  # OSCC is up: it judged the message
                     raise
                 except (errors.Transient, errors.StaleSession, errors.ConnectorRefused) as exc:
+                    untraced(exc)
                     retried.inc()
                     self._gate.failed(work)
                     last = (exc.text, exc.code)
@@ -395,3 +398,16 @@ class Consumer(Service):
         """Dead-letter, publish the rejected outcome, ack; never retry."""
         await self._report.reject(work, exc, by_oscc=by_oscc)
         await self._ack(work)
+
+
+def untraced(exc: BaseException) -> None:
+    """Cut `exc` loose from the frames it was raised through.
+
+    An error raised from a local variable (``error = ...; raise error``, as the OSCC
+    client does for HTTP statuses) is held by its own frame, and its traceback holds that
+    frame and every frame between, ours included, whose locals hold the message and its
+    body: a reference cycle that only the cyclic collector frees. That collector counts
+    objects, not bytes, so megabytes of bodies piled up between its full collections
+    (tests/test_poison.py checks that no message outlives its handling).
+    """
+    exc.__traceback__ = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import itertools
 import json
 from collections.abc import Callable
@@ -23,11 +24,12 @@ import msgspec
 import pytest
 
 from bridge.config import Config
+from bridge.delivery import Work
 from bridge.simulator import Simulator
 from bridge.simulator.state import Record
 from bridge.topology import Topology
 from tests.conftest import AMQP_URL
-from tests.harness import BridgeProcess, bridge_config, free_port, message_count
+from tests.harness import BridgeProcess, bridge_config, free_port, message_count, wait_until
 from tests.test_consumer import TITLE, TOKEN, C, bridge, contact, new_contacts, wait_queue
 
 
@@ -228,6 +230,41 @@ async def test_an_oversized_message_is_dead_lettered_unread_and_the_next_goes_th
         assert len(calls) == 1
         assert "attachment" not in json.dumps(calls[0].body)
         assert b.counter("dead_letters_total", connector=C, reason="STRING_OUT_OF_BOUND") == 1
+
+
+def live_works() -> list[Work]:
+    return [o for o in gc.get_objects() if isinstance(o, Work)]
+
+
+async def test_finished_messages_are_freed_without_the_cyclic_collector(
+    prefix: str, tmp_path: Path
+) -> None:
+    """With the cyclic collector off, no message outlives its handling: nothing of it
+    sits in a reference cycle (an exception's traceback holding the frames that hold
+    the body) waiting for a full collection, which counts objects, not bytes."""
+    gc.collect()
+    gc.disable()
+    try:
+        async with bridge(prefix, tmp_path) as b:
+            sim = b.sim
+            await b.supervisor.token(timeout=5)
+            await b.publish(contact(1, 0, type="Tweet"))  # rejected by the bridge: 11
+            sim.faults.fail_next("newContact", 12)
+            await b.publish(contact(2, 0))  # rejected by OSCC: 12
+            sim.faults.fail_objects["po-5-0"] = 413
+            await b.publish(contact(5, 0))  # rejected by OSCC: HTTP 413
+            await wait_queue(b.channel, b.topology.dead_queue(C), 3)
+            sim.faults.fail_objects["po-3-0"] = 500
+            await b.publish(contact(3, 0))  # fails once (HTTP 500), then goes through
+            await sim.wait_for(lambda: any(r.status == 500 for r in sim.records), timeout=10)
+            del sim.faults.fail_objects["po-3-0"]
+            await sim.wait_for(lambda: len(sim.contacts(TITLE)) == 1, timeout=10)
+            await b.publish(b"x" * (b.config.broker.max_message_bytes + 1))  # too big
+            await b.publish(contact(4, 0))  # the sentinel: behind all of them
+            await sim.wait_for(lambda: len(sim.contacts(TITLE)) == 2, timeout=10)
+            await wait_until(lambda: not live_works(), 5, "every Work freed")
+    finally:
+        gc.enable()
 
 
 # -- memory: rejected messages must not stay alive --------------------------------------------
