@@ -45,7 +45,9 @@ test: lint broker
 unit: install broker
 	$(PY) -m pytest -m "not chaos and not soak" $(PYTEST_ARGS)
 
-demo: install broker
+# The runtime only (no test tools: a few tens of MB instead of a few hundred).
+demo: $(PY) broker
+	$(PY) -m pip install -q -e .
 	$(VENV)/bin/oscc-bridge demo
 
 bench: install broker

@@ -58,6 +58,7 @@ class Bridge:
             logs.register_secret(urllib.parse.urlsplit(url).password)
         for c in config.connectors:
             logs.register_secret(c.token)
+            self.metrics.add_connector(c.name)
             logs.register_secret(c.webhook_secret)
 
     async def __aenter__(self) -> Bridge:

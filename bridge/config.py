@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
 from bridge.errors import ConfigError
 
 DEFAULT_PATH = Path("config/bridge.toml")
+_S = TypeVar("_S")
 
 ConnectorName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_-]{1,64}$")]
 Credential = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
@@ -205,9 +207,8 @@ def _key_of(message: str) -> str | None:
     return key or None
 
 
-def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
-    """Parse TOML text into a Config; ConfigError names the bad key."""
-    env = os.environ if env is None else env
+def table(text: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The TOML table of `text`, ``${VAR}`` expanded and AMQP_URL/OSCC_URL applied."""
     try:
         raw = msgspec.toml.decode(expand(text, env).encode())
     except msgspec.DecodeError as exc:
@@ -220,24 +221,35 @@ def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
         raw.setdefault("broker", {}).update(url=urls[0], urls=urls if len(urls) > 1 else [])
     if env.get("OSCC_URL"):
         raw.setdefault("oscc", {})["url"] = env["OSCC_URL"]
+    return raw
+
+
+def convert(raw: Any, cls: type[_S]) -> _S:
+    """`raw` as `cls`; ConfigError naming the key (relative to `raw`)."""
     try:
-        config = msgspec.convert(raw, Config)
+        return msgspec.convert(raw, cls)
     except msgspec.ValidationError as exc:
         key = _key_of(str(exc))
         where = f"{key}: " if key else ""
         raise ConfigError(f"{where}{exc}", key=key) from exc
+
+
+def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
+    """Parse TOML text into a Config; ConfigError names the bad key."""
+    env = os.environ if env is None else env
+    config = convert(table(text, env), Config)
     _check(config)
     return config
 
 
 def _check(config: Config) -> None:
-    names = [c.name for c in config.connectors]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise ConfigError(
-                f"connectors[{i}].name: {name!r} appears twice", key=f"connectors[{i}].name"
-            )
-    urls = [
+    for problem in problems(config):
+        raise problem
+
+
+def urls(config: Config) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(key, URL, allowed schemes) of every URL in `config`."""
+    return [
         ("broker.url", config.broker.url, ("amqp://", "amqps://")),
         *(
             (f"broker.urls[{i}]", url, ("amqp://", "amqps://"))
@@ -246,36 +258,60 @@ def _check(config: Config) -> None:
         ("oscc.url", config.oscc.url, ("http://", "https://")),
         ("http.public_url", config.http.public_url, ("http://", "https://")),
     ]
-    for key, url, schemes in urls:
+
+
+def problems(config: Config) -> Iterator[ConfigError]:
+    """What msgspec cannot check: unique names, URL schemes, files."""
+    names = [c.name for c in config.connectors]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            yield ConfigError(
+                f"connectors[{i}].name: {name!r} appears twice", key=f"connectors[{i}].name"
+            )
+    for key, url, schemes in urls(config):
         if not url.startswith(schemes):
-            raise ConfigError(
+            yield ConfigError(
                 f"{key}: {mask_url(url)!r} must start with {' or '.join(schemes)}", key=key
             )
-    _check_tls(config.http)
+    yield from _tls_problems(config.http)
     if config.oscc.ca_file and not Path(config.oscc.ca_file).is_file():
-        raise ConfigError(
+        yield ConfigError(
             f"oscc.ca_file: {config.oscc.ca_file!r} is not a file", key="oscc.ca_file"
         )
 
 
-def _check_tls(http: HttpConfig) -> None:
+def _tls_problems(http: HttpConfig) -> Iterator[ConfigError]:
     """The TLS keys go together; what the files hold is checked by ``check-config``."""
     if bool(http.tls_cert) != bool(http.tls_key):
         key, other = ("http.tls_key", "http.tls_cert")
         if not http.tls_cert:
             key, other = other, key
-        raise ConfigError(f"{key}: must be set together with {other}", key=key)
+        yield ConfigError(f"{key}: must be set together with {other}", key=key)
     if http.tls_client_ca and not http.tls_cert:
-        raise ConfigError(
+        yield ConfigError(
             "http.tls_client_ca: needs http.tls_cert and http.tls_key (mutual TLS is TLS)",
             key="http.tls_client_ca",
         )
     if http.tls_cert and not http.public_url.startswith("https://"):
-        raise ConfigError(
+        yield ConfigError(
             f"http.public_url: {http.public_url!r} must start with https:// when "
             "http.tls_cert is set (OSCC calls the listener over TLS)",
             key="http.public_url",
         )
+
+
+def _bad_host(url: str) -> str | None:
+    """Why `url` names no host it can reach (None when it does)."""
+    if any(ch.isspace() for ch in url):
+        return "contains a space"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if not parts.hostname:
+        return "has no host"
+    return None
 
 
 def load(

@@ -311,6 +311,7 @@ class Consumer(Service):
         # The last failure's text and code, not the exception: its traceback would hold
         # this frame, and the body, for as long as the message waits.
         last: tuple[str, int | None] = ("", None)
+        ambiguous = False  # the last send may have reached OSCC: the next may duplicate it
         try:
             while True:
                 self._check(work)
@@ -325,6 +326,10 @@ class Consumer(Service):
                     continue
                 try:
                     self._check(work)
+                    if ambiguous:
+                        ambiguous = False
+                        self._metrics.ambiguous_resends.labels(self.connector.name).inc()
+                        work.log.warning("consumer.ambiguous_resend")
                     with lane.busy():
                         answer = await send(token, body)
                 except errors.SessionLost as exc:
@@ -339,6 +344,7 @@ class Consumer(Service):
                 except (errors.Transient, errors.StaleSession, errors.ConnectorRefused) as exc:
                     untraced(exc)
                     retried.inc()
+                    ambiguous = ambiguous or getattr(exc, "ambiguous", False)
                     self._gate.failed(work)
                     last = (exc.text, exc.code)
                     failures = await self._pause(work, failures, "consumer.oscc_unavailable", exc)

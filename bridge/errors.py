@@ -3,7 +3,10 @@
 Each class says what the bridge does about it::
 
     BridgeError
-    ├── Transient            retry with capped exponential backoff and jitter
+    ├── Transient            retry with capped exponential backoff and jitter;
+    │   │                    `ambiguous`: the request may have reached OSCC (timeout
+    │   │                    after sending, unreadable answer), so a resend may create
+    │   │                    the contact twice: resent anyway, and counted
     │   └── BrokerUnavailable    the broker did not confirm; spool or retry
     ├── SessionLost          the OSCC session is gone: re-register (single-flight), retry
     ├── StaleSession         registration answered 2: a dead session still holds the
@@ -41,7 +44,18 @@ class BridgeError(Exception):
 
 
 class Transient(BridgeError):
-    """Worth retrying later: OSCC 1/7, HTTP 5xx, timeouts, connection errors."""
+    """Worth retrying later: OSCC 1/7, HTTP 5xx, timeouts, connection errors.
+
+    `ambiguous` is True when OSCC may have acted on the request all the same: the answer
+    timed out after the request was sent, or came back unreadable. OSCC offers no
+    idempotency key, so the caller resends and counts the resend as a possible duplicate.
+    """
+
+    ambiguous: bool
+
+    def __init__(self, text: str, *, code: int | None = None, ambiguous: bool = False) -> None:
+        super().__init__(text, code=code)
+        self.ambiguous = ambiguous
 
 
 class BrokerUnavailable(Transient):

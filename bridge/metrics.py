@@ -103,6 +103,14 @@ class Metrics:
             ["connector", "kind", "outcome"],
             registry=r,
         )
+        # a resend after a timeout or an unreadable answer: OSCC may already have created
+        # the contact, so each one may be a duplicate there (OSCC has no idempotency key)
+        self.ambiguous_resends = Counter(
+            p + "ambiguous_resends_total",
+            "Messages resent to OSCC after an attempt whose outcome was unknown.",
+            ["connector"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             p + "queue_wait_seconds",
             "Time a message waited in its queue before forwarding.",
@@ -137,6 +145,14 @@ class Metrics:
             ["connector", "reason"],
             registry=r,
         )
+
+    def add_connector(self, name: str) -> None:
+        """Create the per-connector series that start at zero, so dashboards and rate()
+        see them before the first event (an absent series is not a zero)."""
+        self.ambiguous_resends.labels(name)
+        self.connector_owner.labels(name).set(0)
+        for reason in ("acquired", "released", "fenced"):
+            self.ownership_changes.labels(name, reason)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

@@ -6,7 +6,8 @@ the broker confirmed it::
     dead letter   the original message (body, properties, headers) to ``<p>.dead`` under
                   its own ``<c>.*`` routing key, else ``<c>.contact.new`` /
                   ``<c>.stream.response`` (it came through the default exchange), plus
-                  headers oscc-error-code, oscc-error-text, oscc-dead-reason
+                  headers oscc-error-code, oscc-error-text, oscc-dead-reason,
+                  oscc-dead-at
     outcome       {"messageId", "publishedObjectId", "sourceId", "errorCode", "errorText",
                   "reason"?} (a stream response names its "id" instead of the two ids) to
                   ``<c>.contact.accepted|rejected`` and to the message's reply_to;
@@ -16,6 +17,7 @@ the broker confirmed it::
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -111,6 +113,7 @@ def dead_letter(
         "oscc-dead-reason": reason,
         "oscc-original-exchange": m.exchange or "",
         "oscc-original-routing-key": m.routing_key or "",
+        "oscc-dead-at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
     }
     copy = aio_pika.Message(
         m.body,

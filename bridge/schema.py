@@ -1,21 +1,19 @@
 """JSON Schema of every message on the AMQP interface, and the AsyncAPI document of it.
 
-`schemas()` is what ``oscc-bridge schema`` prints: one JSON Schema document whose
-``messages`` maps each routing key (as DESIGN.md writes it, ``<c>.event.delivered``) to
-the schema of its body, with the bodies' components under ``$defs``. The bodies are the
-models of `bridge.oscc.models` (canonical spelling; the bridge accepts the guide's other
-spellings on input) plus the two bodies only the bridge makes, `ContactOutcome` and
-`SessionChange`. `bridge.asyncapi` describes the same messages with their exchanges,
-queues, headers and properties as an AsyncAPI 3.0 document.
+`schemas()` is what ``oscc-bridge schema`` prints (`bridge.cli` owns the command): one
+JSON Schema document whose ``messages`` maps each routing key (as DESIGN.md writes it,
+``<c>.event.delivered``) to the schema of its body, with the bodies' components under
+``$defs``. The bodies are the models of `bridge.oscc.models` (canonical spelling; the
+bridge accepts the guide's other spellings on input, see `bridge.inputschema`) plus the
+two bodies only the bridge makes, `ContactOutcome` and `SessionChange`. `bridge.asyncapi`
+describes the same messages with their exchanges, queues, headers and properties as an
+AsyncAPI 3.0 document.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import inspect
-import json
-import sys
 import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -180,7 +178,7 @@ def catalogue() -> list[Message]:
 # JSON Schema
 
 
-def _structs(types: Sequence[type]) -> Iterator[type[msgspec.Struct]]:
+def structs(types: Sequence[type]) -> Iterator[type[msgspec.Struct]]:
     """Every Struct class reachable from `types`, each once."""
     seen: set[type] = set()
     todo: list[msgspec.inspect.Type] = list(msgspec.inspect.multi_type_info(types))
@@ -198,9 +196,9 @@ def _structs(types: Sequence[type]) -> Iterator[type[msgspec.Struct]]:
                 todo += [k, v]
 
 
-def _add_limits(components: dict[str, Any], types: Sequence[type]) -> None:
+def add_limits(components: dict[str, Any], types: Sequence[type]) -> None:
     """Write each model's `__limits__` (the guide's maxima) into its schema as maxLength."""
-    for cls in _structs(types):
+    for cls in structs(types):
         limits: dict[str, int] = getattr(cls, "__limits__", {})
         props = components.get(cls.__name__, {}).get("properties", {})
         for field, limit in limits.items():
@@ -218,7 +216,7 @@ def components(ref_template: str = "#/$defs/{name}") -> tuple[dict[str, Any], di
     messages = catalogue()
     types = [m.body for m in messages]
     refs, comps = msgspec.json.schema_components(types, ref_template=ref_template)
-    _add_limits(comps, types)
+    add_limits(comps, types)
     for comp in comps.values():
         if "description" in comp:  # docstrings, as msgspec took them: indented
             comp["description"] = inspect.cleandoc(comp["description"])
@@ -245,22 +243,3 @@ def schemas() -> dict[str, Any]:
         "messages": messages,
         "$defs": comps,
     }
-
-
-def main(argv: Sequence[str] = ()) -> int:
-    """Print the JSON Schema (default) or, with ``--asyncapi``, the AsyncAPI YAML."""
-    parser = argparse.ArgumentParser(prog="oscc-bridge schema", description=main.__doc__)
-    parser.add_argument("--asyncapi", action="store_true", help="AsyncAPI 3.0 YAML instead")
-    parser.add_argument("--prefix", default="oscc", help="broker.exchange (AsyncAPI names)")
-    args = parser.parse_args(list(argv))
-    if args.asyncapi:
-        from bridge.asyncapi import asyncapi, to_yaml  # here: bridge.asyncapi imports us
-
-        sys.stdout.write(to_yaml(asyncapi(args.prefix)) + "\n")
-    else:
-        sys.stdout.write(json.dumps(schemas(), indent=2, ensure_ascii=False) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -9,6 +9,9 @@ States and what moves between them::
                    ├──────────────┘          until the stale session expired)
                    └──────────────► failed  (4, 8, 9: OSCC-side configuration is wrong;
                                              retry slowly, recover by itself)
+    registered ◄──► degraded  (oscc.degraded_after keepalives failed in a row / one
+                               succeeded: the session is kept, the state says OSCC is
+                               not answering)
     any ──► stopped (on exit)
 
 Callers get the token with ``await sup.token()`` and report a token OSCC refused with
@@ -52,6 +55,9 @@ class SessionState(enum.StrEnum):
     STARTING = "starting"
     REGISTERING = "registering"
     REGISTERED = "registered"
+    # registered, but the last oscc.degraded_after keepalives failed (OSCC unreachable?);
+    # back to registered on the next one that succeeds
+    DEGRADED = "degraded"
     BACKOFF = "backoff"
     FAILED = "failed"
     STOPPED = "stopped"
@@ -144,8 +150,8 @@ class SessionSupervisor(Service):
 
     @property
     def ready(self) -> bool:
-        """True while registered (readiness)."""
-        return self._state is SessionState.REGISTERED
+        """True while registered, degraded included: the session is still held."""
+        return self._state in (SessionState.REGISTERED, SessionState.DEGRADED)
 
     async def token(self, timeout: float = 30.0) -> str:  # noqa: ASYNC109 (agreed interface)
         """A live session token; waits up to `timeout` while (re)registering.
@@ -439,6 +445,10 @@ class SessionSupervisor(Service):
                     backoff_delay(failures, base=self.backoff_base, cap=interval, rng=self._rng),
                 )
                 failures += 1
+                if failures >= self.config.oscc.degraded_after and self._set_state(
+                    SessionState.DEGRADED
+                ):
+                    self._log.warning("session.degraded", failures=failures)
             except errors.BridgeError as exc:
                 # 6, 10, 401/403 -- or an answer the guide does not expect for a
                 # keepalive (2, 4, 8, 9, 11..13): either way this session is unusable
@@ -451,6 +461,8 @@ class SessionSupervisor(Service):
                     self._last_keepalive = time.time()
                 if failures:
                     self._log.info("session.keepalive_recovered", failures=failures)
+                if self._state is SessionState.DEGRADED and self._token == token:
+                    self._set_state(SessionState.REGISTERED)
                 failures = 0
                 delay = interval
 

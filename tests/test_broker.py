@@ -19,7 +19,7 @@ from bridge.broker import Broker
 from bridge.config import BrokerConfig
 from bridge.metrics import Metrics
 from bridge.topology import Topology
-from tests.harness import close_connections_named, sample, wait_for
+from tests.harness import close_connections_named, sample, wait_until
 
 C = "facebook"
 
@@ -58,8 +58,8 @@ async def test_not_connected_until_the_topology_is_declared_again(
             arguments={"x-queue-type": "classic", "x-max-length": 5},
         )
         assert await close_connections_named(f"oscc-bridge {topology.exchange}") == 1
-        await wait_for(lambda: sample(metrics, "broker_reconnects_total") == 1, within=30)
-        await wait_for(lambda: len(events(captured_logs, "broker.redeclare_failed")) >= 2)
+        await wait_until(lambda: sample(metrics, "broker_reconnects_total") == 1, within=30)
+        await wait_until(lambda: len(events(captured_logs, "broker.redeclare_failed")) >= 2)
         # The connection is back, the topology is not: not connected, not ready.
         assert not broker.connection.is_closed
         assert not broker.connected

@@ -391,3 +391,177 @@ def test_describe_gives_every_routing_key_family_a_readable_line() -> None:
     assert "registered: facebook" in lines["fb.session.registered"]
     assert all("None" not in line for line in lines.values())
     assert describe("fb.event.held", b"not json").startswith("fb.event.held")
+
+
+# -- never guess, one-line errors, --version -----------------------------------------------------
+
+
+def _one_line(err: str) -> None:
+    assert "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from bridge import __version__
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"oscc-bridge {__version__}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["send-contact", "-"], ["tail"], ["dead", "list"]],
+    ids=["send-contact", "tail", "dead"],
+)
+async def test_broker_verbs_without_a_config_file_exit_3(tmp_path: Path, argv: list[str]) -> None:
+    """No guessing an exchange: a missing --config is exit 3, naming the file."""
+    missing = tmp_path / "nope.toml"
+    code, out, err = await _run(*argv, "--config", str(missing), stdin=b"{}")
+    assert code == 3, out + err
+    assert str(missing) in err
+    _one_line(err)
+
+
+async def test_send_contact_one_line_errors(prefix: str, tmp_path: Path) -> None:
+    """A missing contact file, a wrong broker password, an exchange nobody declared: one
+    line each, saying what to do, never a traceback (and never the password)."""
+    config = make_config(prefix, "http://127.0.0.1:9", tmp_path / "spool")
+    path = _write(tmp_path, config_toml(config))
+    code, _, err = await _run("send-contact", "--config", str(path), str(tmp_path / "no.json"))
+    assert code == 2
+    assert "cannot read the contact file" in err
+    _one_line(err)
+
+    contact = _write(tmp_path, json.dumps(new_contact(1)), "contact.json")
+    password = uuid.uuid4().hex
+    bad = _write(
+        tmp_path, config_toml(config).replace("guest:guest@", f"guest:{password}@"), "bad.toml"
+    )
+    code, _, err = await _run("send-contact", "--config", str(bad), str(contact))
+    assert code == 1
+    assert "refused the login" in err
+    assert "broker.url" in err
+    assert password not in err
+    _one_line(err)
+
+    # the exchange `prefix` was never declared: no bridge ran with this configuration
+    code, _, err = await _run("send-contact", "--config", str(path), str(contact))
+    assert code == 1
+    assert "does not exist" in err
+    assert prefix in err
+    _one_line(err)
+
+
+async def test_send_contact_says_what_it_waits_for(
+    prefix: str, amqp: AbstractRobustConnection, tmp_path: Path
+) -> None:
+    """While OSCC answers NOT_READY the tool says the bridge has the contact and retries."""
+    async with Simulator({FB_TITLE: FB_TOKEN}, seed=8, agent=False) as sim:
+        config = make_config(prefix, sim.url, tmp_path / "spool")
+        path = _write(tmp_path, config_toml(config))
+        contact = _write(tmp_path, json.dumps(new_contact(1)), "contact.json")
+        async with running_bridge(config):
+            await wait_http(f"http://127.0.0.1:{config.http.port}/readyz", 200)
+            sim.faults.not_ready(60)
+            code, out, err = await _run(
+                "send-contact", "--config", str(path), str(contact),
+                "--timeout", "3", "--status-every", "1",
+            )  # fmt: skip
+            sim.faults.clear()
+            assert code == 1, out + err
+            assert "waiting: the bridge has the contact" in err
+            assert "NOT_READY" in err
+            assert "no outcome within 3 s" in err.splitlines()[-1]
+            assert "Traceback" not in err
+
+
+async def test_tail_json_has_routing_key_and_headers(
+    prefix: str, amqp: AbstractRobustConnection, tmp_path: Path
+) -> None:
+    config = make_config(prefix, "http://127.0.0.1:9", tmp_path / "spool")
+    path = _write(tmp_path, config_toml(config))
+    topology = Topology(prefix)
+    channel = await amqp.channel(publisher_confirms=True)
+    await topology.declare(channel, ["fb"])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "tail", "--json", "--config", str(path), "fb.contact.*",
+        cwd=ROOT, env=ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        first = await asyncio.wait_for(proc.stdout.readline(), 15)
+        assert b"listening on" in first
+        exchange = await channel.get_exchange(prefix, ensure=False)
+        body = {"messageId": "m-1", "errorCode": 12, "errorText": "STRING_OUT_OF_BOUND"}
+        body["reason"] = "$.source.name is 300 characters, the limit is 256"
+        key = "fb.contact.rejected"
+        await exchange.publish(
+            message(
+                codec.encode(body),
+                connector="fb",
+                routing_key=key,
+                message_id="out-1",
+                headers={"oscc-error-code": 12, "oscc-error-text": "STRING_OUT_OF_BOUND"},
+            ),
+            key,
+        )
+        line = json.loads(await asyncio.wait_for(proc.stdout.readline(), 15))
+        assert line["routing_key"] == key
+        assert line["message_id"] == "out-1"
+        assert line["headers"]["oscc-error-code"] == 12
+        assert line["headers"]["oscc-connector"] == "fb"
+        assert line["body"] == body
+    finally:
+        proc.kill()
+        await proc.wait()
+        await delete_topology(AMQP_URL, topology, ["fb"])
+
+
+def test_tail_line_of_a_rejection_shows_its_reason() -> None:
+    from bridge.amqptools import describe
+
+    body = {"publishedObjectId": "p-1", "errorCode": 12, "errorText": "STRING_OUT_OF_BOUND"}
+    body["reason"] = "$.source.name is 300 characters, the limit is 256"
+    line = describe("fb.contact.rejected", json.dumps(body).encode())
+    assert "12 STRING_OUT_OF_BOUND" in line
+    assert "$.source.name is 300 characters" in line
+
+
+# -- quick start truth ----------------------------------------------------------------------------
+
+
+def test_make_demo_installs_the_runtime_only() -> None:
+    """`make demo` installs the package without the test extra (tens of MB, not hundreds)."""
+    import shutil
+    import subprocess
+
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(
+        [make, "-n", "-B", "demo", "VENV=/nonexistent-venv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    installs = [line for line in result.stdout.splitlines() if "pip install" in line]
+    assert any(line.rstrip().endswith("-e .") for line in installs), result.stdout
+    assert not any("[test]" in line for line in installs), result.stdout
+
+
+def test_demo_config_uses_an_exchange_of_its_own() -> None:
+    from bridge import config
+
+    ann = config.load(ROOT / "config" / "demo.toml", {"USER": "ann"})
+    bob = config.load(ROOT / "config" / "demo.toml", {"USER": "bob"})
+    assert ann.broker.exchange == "oscc-demo-ann"
+    assert bob.broker.exchange != ann.broker.exchange
+    assert config.load(ROOT / "config" / "demo.toml", {}).broker.exchange == "oscc-demo-demo"
+
+
+def test_readme_links_the_security_notes() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "(docs/SECURITY.md)" in readme
+    assert (ROOT / "docs" / "SECURITY.md").is_file()

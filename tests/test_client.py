@@ -1,19 +1,22 @@
 """OsccClient: wire format, answer mapping, timeouts, TLS.
 
-The simulator answers the guide's error codes; what OSCC answers outside the guide (HTTP
-401, a 503 without JSON, a redirect, a self-signed certificate) comes from a small aiohttp
-server in this file, on a real socket.
+The simulator answers the guide's error codes, and answers the way a servlet container
+does (in pieces, late, HTML error pages, redirects); what it cannot do (HTTP 401, an answer
+cut mid-body, an endless one, a self-signed certificate) comes from a small aiohttp or raw
+TCP server in this file, on a real socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import shutil
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from bridge.metrics import Metrics
 from bridge.oscc import client as oscc_client
 from bridge.oscc.client import OsccClient
 from bridge.oscc.codes import ErrorCode
+from bridge.simulator import Simulator
 
 TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
 WEBHOOK = "http://127.0.0.1:1/webhook/facebook"
@@ -56,7 +60,7 @@ class Stub:
         self.seen.append((request.path, dict(request.headers), await request.read()))
         status, body, delay = self.reply
         if delay:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # a slow OSCC: the delay is what is under test
         headers = {"Location": "https://elsewhere.example/"} if 300 <= status < 400 else {}
         return web.Response(
             status=status, body=body, content_type="application/json", headers=headers
@@ -216,9 +220,10 @@ async def test_timeout_is_transient(stub: Stub) -> None:
     async with _client(stub.url, metrics, request_timeout=0.2) as client:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with pytest.raises(errors.Transient, match="no answer within"):
+        with pytest.raises(errors.Transient, match="no answer within") as info:
             await client.keepalive("tok1234")
         assert loop.time() - started < 0.9
+    assert info.value.ambiguous  # sent: OSCC may have acted on it
     assert requests(metrics, "keepalive", "timeout") == 1
     duration = metrics.registry.get_sample_value(
         "oscc_bridge_oscc_request_duration_seconds_count",
@@ -346,3 +351,168 @@ def test_tls_context_choices(tmp_path: Path) -> None:
     assert context.check_hostname
     subjects = [dict(x[0] for x in c["subject"]).get("commonName") for c in context.get_ca_certs()]
     assert "127.0.0.1" in subjects
+
+
+# -- answers as a real server sends them: in pieces, cut short, too large --------------------
+
+SIM_TITLE, SIM_TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
+SIM_CONTACT = {
+    "type": "Post",
+    "source": {"id": "src-1", "type": "Person", "name": "Person 1"},
+    "publishedObject": {"id": "po-1", "content": "hello"},
+    "destination": {"id": "page-1", "type": "Page", "name": "Page"},
+}
+
+
+@pytest.fixture
+async def streaming_sim() -> AsyncIterator[Simulator]:
+    """The simulator writing every answer chunked, in 5 pieces, 20 ms apart."""
+    async with Simulator(
+        {SIM_TITLE: SIM_TOKEN}, port=0, agent=False, answer_pieces=5, piece_gap=0.02
+    ) as sim:
+        yield sim
+
+
+async def test_answers_in_pieces_are_read_to_their_end(streaming_sim: Simulator) -> None:
+    metrics = Metrics()
+    async with _client(streaming_sim.url, metrics) as client:
+        reg = await client.register(SIM_TITLE, SIM_TOKEN, WEBHOOK)
+        assert reg.session_token
+        assert (await client.keepalive(reg.session_token)).error_code == 0
+        answer = await client.new_contact(reg.session_token, json.dumps(SIM_CONTACT).encode())
+        assert answer.error_code == 0
+    assert requests(metrics, "registerConnector", "0") == 1
+    assert requests(metrics, "newContact", "0") == 1
+    assert streaming_sim.seen == {"po-1": 1}
+
+
+async def test_a_streamed_code_11_is_rejected(streaming_sim: Simulator) -> None:
+    streaming_sim.faults.fail_contact("po-1", code=ErrorCode.WRONG_API_REQUEST)
+    async with _client(streaming_sim.url, Metrics()) as client:
+        reg = await client.register(SIM_TITLE, SIM_TOKEN, WEBHOOK)
+        with pytest.raises(errors.Rejected) as info:
+            await client.new_contact(reg.session_token, json.dumps(SIM_CONTACT).encode())
+    assert info.value.code == ErrorCode.WRONG_API_REQUEST
+
+
+async def test_an_html_error_page_is_transient_and_not_ambiguous(streaming_sim: Simulator) -> None:
+    metrics = Metrics()
+    streaming_sim.faults.fail_contact("po-1", http=503, times=1)
+    async with _client(streaming_sim.url, metrics) as client:
+        reg = await client.register(SIM_TITLE, SIM_TOKEN, WEBHOOK)
+        with pytest.raises(errors.Transient) as info:
+            await client.new_contact(reg.session_token, json.dumps(SIM_CONTACT).encode())
+    assert (info.value.http_status, info.value.ambiguous) == (503, False)
+    assert requests(metrics, "newContact", "http_503") == 1
+    record = streaming_sim.records[-1]
+    assert (record.status, record.error_code) == (503, None)
+    assert streaming_sim.created() == {}
+
+
+async def test_a_redirect_is_transient_and_logged(
+    streaming_sim: Simulator, captured_logs: io.StringIO
+) -> None:
+    streaming_sim.faults.fail_next("keepalive", http=301, location="https://new.example/oscc")
+    async with _client(streaming_sim.url, Metrics()) as client:
+        reg = await client.register(SIM_TITLE, SIM_TOKEN, WEBHOOK)
+        with pytest.raises(errors.Transient) as info:
+            await client.keepalive(reg.session_token)
+        assert (await client.keepalive(reg.session_token)).error_code == 0  # used up
+    assert (info.value.http_status, info.value.ambiguous) == (301, False)
+    line = next(json.loads(x) for x in captured_logs.getvalue().splitlines() if "redirected" in x)
+    assert line["event"] == "oscc.redirected"
+    assert line["location"] == "https://new.example/oscc"
+
+
+async def test_a_late_answer_is_an_ambiguous_timeout() -> None:
+    metrics = Metrics()
+    async with Simulator({SIM_TITLE: SIM_TOKEN}, port=0, agent=False) as sim:
+        sim.faults.fail_contact("po-1", slow=1.0, times=1)
+        async with _client(sim.url, metrics, request_timeout=0.3) as client:
+            reg = await client.register(SIM_TITLE, SIM_TOKEN, WEBHOOK)
+            with pytest.raises(errors.Transient, match="no answer within") as info:
+                await client.new_contact(reg.session_token, json.dumps(SIM_CONTACT).encode())
+        assert info.value.ambiguous
+        assert sim.created() == {"po-1": 1}  # OSCC did the work all the same
+    assert requests(metrics, "newContact", "timeout") == 1
+
+
+async def test_connection_refused_is_not_ambiguous() -> None:
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    async with _client(f"http://127.0.0.1:{port}", Metrics()) as client:
+        with pytest.raises(errors.Transient) as info:
+            await client.new_contact("tok1234", b"{}")
+    assert not info.value.ambiguous
+
+
+@asynccontextmanager
+async def raw_server(
+    answer: bytes, *, then: bytes = b"", forever: bool = False
+) -> AsyncIterator[str]:
+    """A TCP server that reads a request, writes `answer`, then `then` repeatedly for
+    ever (`forever`) or closes the connection."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+            while forever:
+                writer.write(then)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_answer_cut_mid_body_is_an_ambiguous_transient() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n\r\n"
+    metrics = Metrics()
+    async with raw_server(head + b'{"errorCode": 0, "err') as url, _client(url, metrics) as client:
+        with pytest.raises(errors.Transient) as info:
+            await client.new_contact("tok1234", b"{}")
+    assert info.value.ambiguous
+    assert requests(metrics, "newContact", "unreadable") == 1
+
+
+async def test_an_endless_answer_is_cut_at_the_bound_not_waited_for() -> None:
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
+    metrics = Metrics()
+    async with (
+        raw_server(head + b'5\r\n{"a":\r\n', then=chunk, forever=True) as url,
+        _client(url, metrics, request_timeout=30.0) as client,
+    ):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(errors.Transient, match="larger than") as info:
+            await client.new_contact("tok1234", b"{}")
+        assert loop.time() - started < 10.0  # far from the 30 s timeout
+    assert info.value.ambiguous
+    assert requests(metrics, "newContact", "unreadable") == 1
+
+
+async def test_a_declared_oversized_answer_is_not_read(stub: Stub) -> None:
+    stub.reply = (200, b"[" + b"0," * (1 << 20) + b"0]", 0.0)
+    with pytest.raises(errors.Transient, match="larger than") as info:
+        async with _client(stub.url, Metrics()) as client:
+            await client.new_contact("tok1234", b"{}")
+    assert info.value.ambiguous
+
+
+async def test_an_unreadable_error_answer_is_judged_by_its_status() -> None:
+    head = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: 99\r\n\r\n"
+    async with raw_server(head + b"<html>") as url, _client(url, Metrics()) as client:
+        with pytest.raises(errors.Transient) as info:
+            await client.new_contact("tok1234", b"{}")
+    assert (info.value.http_status, info.value.ambiguous) == (502, False)

@@ -410,6 +410,26 @@ def k8s_config() -> config.Config:
     return config.parse(manifests()["ConfigMap"]["data"]["bridge.toml"], secret_env)
 
 
+CRDS = {"ServiceMonitor", "PrometheusRule"}  # the Prometheus Operator's, not Kubernetes'
+PROMETHEUS_RULE = K8S / "prometheusrule.yaml"
+PROMETHEUS_RULE_HEAD = """\
+# The rules of deploy/prometheus/alerts.yaml for the Prometheus Operator (needs its CRDs,
+# like servicemonitor.yaml). Generated; tests/test_deploy.py fails when the two differ:
+#   python tests/test_deploy.py prometheusrule > deploy/kubernetes/prometheusrule.yaml
+"""
+
+
+def prometheus_rule() -> str:
+    """deploy/kubernetes/prometheusrule.yaml as it must be: alerts.yaml's groups."""
+    doc = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "oscc-bridge"},
+        "spec": load_yaml(ALERTS),
+    }
+    return PROMETHEUS_RULE_HEAD + yaml.safe_dump(doc, sort_keys=False, width=100)
+
+
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = load_yaml(K8S / "kustomization.yaml")
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
@@ -421,7 +441,110 @@ def test_kustomization_lists_every_manifest() -> None:
         "PodDisruptionBudget",
         "Service",
         "ServiceMonitor",
+        "PrometheusRule",
+        "Ingress",
+        "NetworkPolicy",
     }
+
+
+def test_prometheus_rule_is_the_alert_rules() -> None:
+    assert PROMETHEUS_RULE.read_text() == prometheus_rule()
+    assert manifests()["PrometheusRule"]["spec"] == load_yaml(ALERTS)
+
+
+def test_kustomize_can_override_the_image() -> None:
+    """`images:` in the kustomization (or an overlay's, or `kustomize edit set image`)
+    names the image the StatefulSet uses, so a registry/tag override reaches it."""
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    name = container()["image"].split(":")[0]
+    [image] = kustomization["images"]
+    assert image["name"] == name
+    assert image["newName"]
+    assert image["newTag"]
+
+
+def test_kustomize_renders_an_image_override(tmp_path: Path) -> None:
+    kubectl = tool("kubectl")
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(K8S, overlay)],
+                "images": [
+                    {"name": "oscc-bridge", "newName": "registry.example/oscc", "newTag": "9.9"}
+                ],
+            }
+        )
+    )
+    result = run(kubectl, "kustomize", "--load-restrictor=LoadRestrictionsNone", str(overlay))
+    assert result.returncode == 0, result.stderr
+    [workload] = [d for d in yaml.safe_load_all(result.stdout) if d["kind"] == "StatefulSet"]
+    [c] = workload["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "registry.example/oscc:9.9"
+
+
+def test_ingress_serves_the_webhook_over_tls() -> None:
+    ingress = manifests()["Ingress"]["spec"]
+    [tls] = ingress["tls"]
+    [rule] = ingress["rules"]
+    assert rule["host"] in tls["hosts"]
+    assert tls["secretName"]
+    [path] = rule["http"]["paths"]
+    assert path["path"] == "/webhook/"  # never the admin endpoints
+    backend = path["backend"]["service"]
+    assert backend["name"] == manifests()["Service"]["metadata"]["name"]
+    assert backend["port"]["name"] == "webhook"
+
+
+def test_network_policy_keeps_the_admin_port_internal() -> None:
+    policy = manifests()["NetworkPolicy"]["spec"]
+    pod_labels = manifests()["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    by_port = {r["ports"][0]["port"]: r for r in policy["ingress"]}
+    assert set(by_port) == {"webhook", "admin"}
+    assert "from" not in by_port["webhook"]  # OSCC, through the ingress controller
+    sources = by_port["admin"]["from"]
+    assert sources  # an empty list would mean everyone
+    assert all("ipBlock" not in s for s in sources)
+    assert {"podSelector": {}} in sources  # this namespace
+    for rule in policy["ingress"]:
+        assert len(rule["ports"]) == 1
+
+
+def test_systemd_unit(tmp_path: Path) -> None:
+    import configparser
+
+    path = DEPLOY / "systemd" / "oscc-bridge.service"
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read_string(path.read_text())
+    service = unit["Service"]
+    assert service["ExecStart"].split()[1:] == ["run", "--config", "/etc/oscc-bridge/bridge.toml"]
+    assert "check-config" in service["ExecStartPre"]
+    assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "3"  # bad config: no restart loop
+    assert service["KillSignal"] == "SIGTERM"
+    assert service["User"] != "root"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        result = run(analyze, "verify", "--man=no", str(path))
+        # the binaries it names exist only where it is installed
+        errors = [
+            line
+            for line in (result.stdout + result.stderr).splitlines()
+            if line.strip() and "/opt/oscc-bridge" not in line and "oscc-bridge.service" in line
+        ]
+        assert errors == [], result.stdout + result.stderr
+
+
+def test_compose_rabbitmq_does_not_clash_with_a_local_broker() -> None:
+    compose = load_yaml(COMPOSE)
+    ports = compose["services"]["rabbitmq"]["ports"]
+    host_ports = {p.split(":")[-2] for p in ports}
+    assert not host_ports & {"5672", "15672"}, ports
 
 
 def test_configmap_parses_with_the_secrets_environment() -> None:
@@ -542,7 +665,7 @@ def test_manifests_validate_against_kubernetes_schemas() -> None:
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
     version = kv.latest_version()
     for kind, doc in manifests().items():
-        if kind == "ServiceMonitor":
+        if kind in CRDS:
             continue  # a CRD: its schema is not part of Kubernetes
         kv.validate(doc, version, strict=True)
     broken = copy.deepcopy(manifests()["StatefulSet"])
@@ -633,8 +756,13 @@ def test_dashboard_metrics_exist_and_cover_every_family() -> None:
     assert {family_of(s) for s in used} == families()
 
 
+PROMETHEUS_OWN = re.compile(r'^(?:absent\()?up\{job="oscc-bridge"\}\)?(?: == 0)?$')
+
+
 def test_alert_metrics_exist() -> None:
     for rule in alert_rules():
+        if PROMETHEUS_OWN.match(rule["expr"].strip()):
+            continue  # Prometheus' own `up`, for the Service the ServiceMonitor scrapes
         assert check_expr(rule["expr"]), rule["alert"]
     for test in load_yaml(ALERT_TESTS)["tests"]:
         for series in test["input_series"]:
@@ -651,12 +779,19 @@ def test_check_expr_catches_wrong_names_and_labels() -> None:
 
 def test_alerts_the_operator_needs() -> None:
     rules = {r["alert"]: r for r in alert_rules()}
-    registered = [r for r in rules.values() if "oscc_bridge_session_state" in r["expr"]]
-    assert any(
-        r["expr"].strip() == 'oscc_bridge_session_state{state="registered"} == 0'
-        and r["for"] == "2m"
-        for r in registered
+    registered = rules["OsccBridgeConnectorNotRegistered"]
+    assert registered["expr"].strip() == (
+        'max without(state) (oscc_bridge_session_state{state=~"registered|degraded"}) == 0'
     )
+    assert registered["for"] == "2m"
+    assert rules["OsccBridgeConnectorDegraded"]["expr"].strip() == (
+        'oscc_bridge_session_state{state="degraded"} == 1'
+    )
+    # down, and not scraped at all; the job is the Service the ServiceMonitor scrapes
+    assert rules["OsccBridgeDown"]["expr"].strip() == 'up{job="oscc-bridge"} == 0'
+    assert rules["OsccBridgeNotScraped"]["expr"].strip() == 'absent(up{job="oscc-bridge"})'
+    assert manifests()["Service"]["metadata"]["name"] == "oscc-bridge"
+    assert "jobLabel" not in manifests()["ServiceMonitor"]["spec"]
     exprs = " ".join(r["expr"] for r in rules.values())
     for needed in (
         "oscc_bridge_spool_messages",
@@ -708,3 +843,7 @@ def test_dashboard_structure() -> None:
             for var in re.findall(r"\$(\w+)", target["expr"]):
                 assert var in variables | {"__rate_interval"}, var
     assert {p["type"] for p in panels} <= {"row", "timeseries", "stat"}
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["prometheusrule"]:
+    sys.stdout.write(prometheus_rule())

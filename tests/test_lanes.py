@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 from bridge.lanes import Lane, Lanes
+from tests.harness import wait_until
 
 
 class Recorder:
@@ -82,7 +83,7 @@ async def test_drain_cancels_idle_lanes_and_waits_for_busy_ones() -> None:
     await work.wait("start", "idle", "busy")
     stopping.set()
     drained = asyncio.create_task(lanes.drain(timeout=5))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: len(lanes) == 1, 5, "the idle lane cancelled")
     assert not drained.done()  # the busy one holds it
     work.hold["busy"].set()
     assert await drained == 0

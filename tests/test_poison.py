@@ -74,7 +74,7 @@ async def test_a_poison_contact_is_dead_lettered_after_max_attempts_while_others
     ) as b:
         sim = b.sim
         await b.supervisor.token(timeout=5)
-        sim.faults.fail_objects["po-poison-0"] = 500
+        sim.faults.fail_contact("po-poison-0", http=500)
         rejected = await b.listen(b.topology.contact_outcome_key(C, False))
         others: list[str] = []
         dead_seen = asyncio.Event()
@@ -251,13 +251,11 @@ async def test_finished_messages_are_freed_without_the_cyclic_collector(
             await b.publish(contact(1, 0, type="Tweet"))  # rejected by the bridge: 11
             sim.faults.fail_next("newContact", 12)
             await b.publish(contact(2, 0))  # rejected by OSCC: 12
-            sim.faults.fail_objects["po-5-0"] = 413
+            sim.faults.fail_contact("po-5-0", http=413)
             await b.publish(contact(5, 0))  # rejected by OSCC: HTTP 413
             await wait_queue(b.channel, b.topology.dead_queue(C), 3)
-            sim.faults.fail_objects["po-3-0"] = 500
+            sim.faults.fail_contact("po-3-0", http=500, times=1)
             await b.publish(contact(3, 0))  # fails once (HTTP 500), then goes through
-            await sim.wait_for(lambda: any(r.status == 500 for r in sim.records), timeout=10)
-            del sim.faults.fail_objects["po-3-0"]
             await sim.wait_for(lambda: len(sim.contacts(TITLE)) == 1, timeout=10)
             await b.publish(b"x" * (b.config.broker.max_message_bytes + 1))  # too big
             await b.publish(contact(4, 0))  # the sentinel: behind all of them

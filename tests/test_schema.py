@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import io
 import json
 import os
-from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge import schema
+from bridge import cli, schema
 from bridge.asyncapi import asyncapi, to_yaml
 from bridge.errors import Rejected
 from bridge.oscc import codec, models
@@ -124,7 +122,7 @@ def test_schema_is_valid_json_schema(doc: dict[str, Any]) -> None:
 
 
 def _limited_structs() -> list[type[models.Wire]]:
-    structs = schema._structs([m.body for m in schema.catalogue()])
+    structs = schema.structs([m.body for m in schema.catalogue()])
     return [cls for cls in structs if issubclass(cls, models.Wire) and cls.__limits__]
 
 
@@ -346,18 +344,25 @@ def test_session_change_needs_an_aware_time() -> None:
 # -- main() -------------------------------------------------------------------------------------
 
 
-def test_main_prints_the_schema() -> None:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert schema.main() == 0
-    assert json.loads(out.getvalue()) == schemas()
+def test_cli_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == schemas()
 
 
-def test_main_prints_the_asyncapi_yaml() -> None:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert schema.main(["--asyncapi"]) == 0
-    assert yaml.safe_load(out.getvalue()) == asyncapi()
+def test_cli_prints_the_asyncapi_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["schema", "--asyncapi"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == asyncapi()
+
+
+def test_schema_does_not_import_asyncapi() -> None:
+    """No import circle: asyncapi builds on schema, never the other way round."""
+    import ast
+
+    tree = ast.parse(Path(schema.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    assert not any("asyncapi" in name or name == "bridge.cli" for name in imported)
 
 
 # -- deploy/asyncapi.yaml ------------------------------------------------------------------------
@@ -370,7 +375,7 @@ def api() -> dict[str, Any]:
 
 
 def test_asyncapi_file_is_up_to_date(api: dict[str, Any]) -> None:
-    """Regenerate with: python -m bridge.schema --asyncapi > deploy/asyncapi.yaml"""
+    """Regenerate with: oscc-bridge schema --asyncapi > deploy/asyncapi.yaml"""
     assert api == asyncapi()
     assert ASYNCAPI_FILE.read_text() == to_yaml(asyncapi()) + "\n"
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from bridge.oscc import codec, models
 from bridge.oscc.codes import ErrorCode
 from bridge.simulator import DEFAULT_CONNECTORS, Simulator, add_arguments, serve
+from tests.harness import wait_until
 
 TITLE = "facebook"
 TOKEN = "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"  # the guide's example token
@@ -215,14 +216,10 @@ async def webhook_server(hook: Hook) -> AsyncIterator[str]:
 async def poll(
     check: Callable[[], Awaitable[bool]],
     timeout: float = 10.0,  # noqa: ASYNC109 - a deadline poll, not a call to cancel
-    interval: float = 0.02,
 ) -> float:
     """Await `check()` until true; return the seconds it took; fail after `timeout`."""
     start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"not true within {timeout} s")
-        await asyncio.sleep(interval)
+    await wait_until(check, timeout, "the check")
     return time.monotonic() - start
 
 
@@ -335,7 +332,7 @@ async def test_keepalive_refreshes_the_session(http: aiohttp.ClientSession) -> N
             _, answer = await oscc.call("keepalive", {}, token=token)
             assert answer == {"type": "keepAlive", "errorCode": 0, "errorText": "NO_ERROR"}
             assert (await oscc.register())["errorCode"] == 2  # still held
-            await asyncio.sleep(ttl / 5)
+            await asyncio.sleep(ttl / 5)  # the keepalive cadence is what is under test
 
         # Without keepalives it expires.
         async def expired() -> bool:
@@ -1027,3 +1024,223 @@ async def test_secrets_never_reach_the_logs(http: aiohttp.ClientSession) -> None
         assert secret not in logged
     for secret in (TOKEN, token):
         assert secret not in reprs  # in case someone logs the simulator's objects
+
+
+# --- as awkward as a servlet container ---------------------------------------------------------
+
+
+async def test_answers_in_pieces_are_chunked_and_split_mid_token(oscc: Oscc) -> None:
+    oscc.sim.faults.update({"answer_pieces": 4, "piece_gap": 0.02})
+    body = {
+        "type": "Registration",
+        "webhookURL": "http://127.0.0.1:9/hook",
+        "openMedia": {"openMediaTitle": TITLE, "token": TOKEN},
+    }
+    start = time.monotonic()
+    async with oscc.http.post(f"{oscc.sim.url}{BASE}/registerConnector", json=body) as r:
+        assert r.headers["Transfer-Encoding"] == "chunked"
+        assert "Content-Length" not in r.headers
+        assert r.content_type == "application/json"
+        pieces = [data async for data, _ in r.content.iter_chunks()]
+    assert time.monotonic() - start >= 3 * 0.02  # three pauses between four writes
+    assert len(pieces) == 4
+    with pytest.raises(Exception, match="not JSON"):
+        codec.decode_json(pieces[0])  # a piece alone is no answer
+    answer = codec.decode_json(b"".join(pieces))
+    assert answer["errorCode"] == 0
+    assert HEX64.fullmatch(answer["sessionToken"])
+
+
+def test_split_covers_the_body_in_even_pieces() -> None:
+    from bridge.simulator.answers import split
+
+    assert split(b"abcdefgh", 3) == [b"ab", b"cde", b"fgh"]
+    assert split(b"ab", 5) == [b"a", b"b"]
+    assert split(b"", 3) == [b""]
+
+
+async def test_http_rules_answer_tomcat_pages_and_redirects(oscc: Oscc) -> None:
+    token = await oscc.session(listen=False)
+    faults = oscc.sim.faults
+    faults.fail_next("keepalive", http=500)
+    status, page = await oscc.call("keepalive", {}, token=token)
+    assert status == 500
+    assert "<h1>HTTP Status 500 \u2013 Internal Server Error</h1>" in page
+    assert "Apache Tomcat" in page
+    faults.fail_next("newContact", http=302, location="https://elsewhere.example/oscc")
+    async with oscc.http.post(
+        f"{oscc.sim.url}{BASE}/newContact",
+        json=contact(1),
+        headers={"Authorization": token},
+        allow_redirects=False,
+    ) as r:
+        assert (r.status, r.headers["Location"]) == (302, "https://elsewhere.example/oscc")
+        assert r.content_type == "text/html"
+    faults.fail_next("keepalive", http=307)  # default location: the moved endpoint
+    async with oscc.http.post(
+        f"{oscc.sim.url}{BASE}/keepalive", json={}, headers={"Authorization": token},
+        allow_redirects=False,
+    ) as r:  # fmt: skip
+        assert r.headers["Location"].endswith("/openmedia/webapi/main/keepalive")
+    assert [(r.status, r.error_code) for r in oscc.sim.records[1:]] == [
+        (500, None),
+        (302, None),
+        (307, None),
+    ]
+    assert oscc.sim.contacts(TITLE) == []  # a redirected contact was not created
+    assert oscc.sim.seen == {"post-1": 1}
+    with pytest.raises(ValueError, match="exactly one"):
+        faults.fail_next("keepalive")
+    with pytest.raises(ValueError, match="not both"):
+        faults.fail_next("keepalive", code=1, http=500)
+    with pytest.raises(ValueError, match="status"):
+        faults.fail_next("keepalive", http=200)
+
+
+async def test_fail_contact_fails_one_contact_while_others_pass(oscc: Oscc) -> None:
+    token = await oscc.session(listen=False)
+    oscc.sim.faults.fail_contact("post-1", http=500)  # always
+    oscc.sim.faults.fail_contact("post-2", code=1, times=2)
+    for _ in range(3):
+        assert (await oscc.call("newContact", contact(1), token=token))[0] == 500
+    assert await oscc.code("newContact", contact(2), token=token) == 1
+    assert await oscc.code("newContact", contact(3), token=token) == 0
+    assert await oscc.code("newContact", contact(2), token=token) == 1
+    assert await oscc.code("newContact", contact(2), token=token) == 0  # used up
+    assert oscc.sim.seen == {"post-1": 3, "post-2": 3, "post-3": 1}
+    assert oscc.sim.created() == {"post-2": 1, "post-3": 1}
+    assert oscc.sim.faults.as_dict()["fail_contact"] == {"post-1": {"http": 500, "times": None}}
+    oscc.sim.faults.fail_contact("post-1", times=0)  # removed
+    assert await oscc.code("newContact", contact(1), token=token) == 0
+
+
+async def test_a_slow_answer_comes_after_the_work_is_done(oscc: Oscc) -> None:
+    token = await oscc.session(listen=False)
+    oscc.sim.faults.fail_contact("post-1", slow=1.0, times=1)
+    with pytest.raises(TimeoutError):
+        async with oscc.http.post(
+            f"{oscc.sim.url}{BASE}/newContact",
+            json=contact(1),
+            headers={"Authorization": token},
+            timeout=aiohttp.ClientTimeout(total=0.3),
+        ) as r:
+            await r.read()
+    # the client gave up, but OSCC created the contact (and survives the hang-up)
+    assert oscc.sim.created() == {"post-1": 1}
+    start = time.monotonic()
+    assert await oscc.code("newContact", contact(1), token=token) == 0  # rule used up
+    assert time.monotonic() - start < 0.9
+    assert oscc.sim.duplicates() == 1
+    assert oscc.sim.seen == {"post-1": 2}
+
+
+async def test_strict_sessions_only_keepalive_keeps_a_session_alive(
+    http: aiohttp.ClientSession,
+) -> None:
+    ttl = 0.5
+    async with Simulator(
+        {TITLE: TOKEN}, port=0, session_ttl=ttl, agent=False, strict_sessions=True
+    ) as sim:
+        oscc = Oscc(http, sim)
+        token = await oscc.session(listen=False)
+        assert (await oscc.register())["errorCode"] == ErrorCode.ALREADY_REGISTERED_ON
+        start = time.monotonic()
+        while time.monotonic() - start < 2 * ttl:  # keepalives every ttl/5: it lives
+            assert await oscc.code("keepalive", {}, token=token) == 0
+            await asyncio.sleep(ttl / 5)
+        assert (await oscc.register())["errorCode"] == ErrorCode.ALREADY_REGISTERED_ON
+        # contacts alone do not keep it alive: it expires within a TTL of the last keepalive
+        n = 0
+
+        async def expired() -> bool:
+            nonlocal n
+            n += 1
+            return await oscc.code("newContact", contact(n), token=token) == 10
+
+        waited = await poll(expired, timeout=5, interval=ttl / 5)
+        assert waited < 4 * ttl  # not kept alive by the contacts (they would for ever)
+        assert n > 1  # some contacts went through first
+        assert (await oscc.register())["errorCode"] == 0
+        assert sim.max_live == {TITLE: 1}
+
+
+async def test_default_sessions_are_kept_alive_by_any_call(http: aiohttp.ClientSession) -> None:
+    ttl = 0.5
+    async with Simulator({TITLE: TOKEN}, port=0, session_ttl=ttl, agent=False) as sim:
+        oscc = Oscc(http, sim)
+        token = await oscc.session(listen=False)
+        start, n = time.monotonic(), 0
+        while time.monotonic() - start < 2 * ttl:
+            n += 1
+            assert await oscc.code("newContact", contact(n), token=token) == 0
+            await asyncio.sleep(ttl / 5)
+        assert sim.max_live == {TITLE: 1}
+        assert sim.faults.as_dict()["strict_sessions"] is False
+
+
+async def test_admin_api_for_realistic_faults(http: aiohttp.ClientSession) -> None:
+    async with Simulator({TITLE: TOKEN}, port=0, agent=False) as sim:
+        oscc = Oscc(http, sim)
+        admin = f"{sim.url}/admin"
+
+        async def send(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            async with http.request(method, admin + path, json=body) as r:
+                return r.status, await r.json()
+
+        rules = {
+            "answer_pieces": 3,
+            "piece_gap": 0.01,
+            "strict_sessions": True,
+            "fail_next": {"endpoint": "keepalive", "http": 302, "location": "https://x/y"},
+            "fail_contact": {"id": "post-1", "http": 503, "times": 1},
+        }
+        status, faults = await send("POST", "/faults", rules)
+        assert status == 200
+        assert (faults["answer_pieces"], faults["piece_gap"], faults["strict_sessions"]) == (
+            3,
+            0.01,
+            True,
+        )
+        assert faults["fail_next"] == {
+            "keepalive": {"http": 302, "location": "https://x/y", "times": 1}
+        }
+        assert faults["fail_contact"] == {"post-1": {"http": 503, "times": 1}}
+        for bad in (
+            {"answer_pieces": 0},
+            {"piece_gap": -1},
+            {"strict_sessions": "yes"},
+            {"fail_next": {"endpoint": "keepalive"}},
+            {"fail_next": {"endpoint": "keepalive", "http": 200}},
+            {"fail_contact": {"code": 1}},
+            {"fail_contact": {"id": "x", "slow": -1}},
+            {"fail_contact": {"id": "x", "http": 302, "location": 5}},
+        ):
+            status, answer = await send("POST", "/faults", bad)
+            assert status == 400, bad
+            assert next(iter(bad)) in answer["error"]
+        token = await oscc.session(listen=False)
+        assert (await oscc.call("newContact", contact(1), token=token))[0] == 503
+        assert await oscc.code("newContact", contact(1), token=token) == 0
+        status, counts = await send("GET", "/contact-counts")
+        assert counts == {"seen": {"post-1": 2}, "created": {"post-1": 1}, "duplicates": 0}
+        _, sessions = await send("GET", "/sessions")
+        assert sessions["max_live"] == {TITLE: 1}
+        _, faults = await send(
+            "POST", "/faults", {"fail_next": {"endpoint": "keepalive", "times": 0}}
+        )
+        assert faults["fail_next"] == {}
+        await send("POST", "/reset")
+        _, faults = await send("GET", "/faults")
+        assert (faults["answer_pieces"], faults["fail_contact"]) == (1, {})
+        assert sim.seen == {}
+
+
+def test_add_arguments_parses_the_realism_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.answer_pieces, args.piece_gap, args.strict_sessions) == (1, 0.0, False)
+    args = parser.parse_args(["--answer-pieces", "5", "--piece-gap", "0.1", "--strict-sessions"])
+    assert (args.answer_pieces, args.piece_gap, args.strict_sessions) == (5, 0.1, True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--answer-pieces", "0"])

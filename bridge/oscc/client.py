@@ -9,13 +9,19 @@ becomes::
     errorCode 1, 7; HTTP 5xx/408/429;
       timeouts; connection/TLS errors;
       a 2xx/3xx without a usable answer -> Transient
+
+The answer is read to its end (Content-Length or chunked, however many TCP segments it
+comes in), at most 1 MiB. A Transient is `ambiguous` when OSCC may have acted on the
+request: a timeout or a cut connection after it was sent, or a 2xx answer that is cut
+short, too large or not JSON.
     errorCode 2                         -> StaleSession
     errorCode 4, 8, 9                   -> ConnectorRefused
     errorCode 11, 12, 13; other 4xx     -> Rejected
 
 Each call is counted in ``oscc_requests_total{connector, endpoint, code}`` with code = the
-errorCode, or ``http_<status>`` when there was no JSON answer, ``timeout`` or
-``connection``. Tokens and session tokens are registered as log secrets.
+errorCode, or ``http_<status>`` when there was no JSON answer, ``timeout``,
+``connection`` or ``unreadable`` (a 2xx answer cut short or too large). Tokens and
+session tokens are registered as log secrets.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ LISTEN_FOR_EVENTS: Final = "listenForEvents"
 
 _KEEPALIVE_BODY: Final = b"{}"
 _MAX_ANSWER_BYTES: Final = 1 << 20
+_READ_CHUNK: Final = 1 << 16
 
 _A = TypeVar("_A", bound=models.Answer)
 
@@ -178,12 +185,15 @@ class OsccClient(Service):
                 allow_redirects=False,  # a redirected POST loses its body; say so instead
             ) as response:
                 status = response.status
-                content = await response.content.read(_MAX_ANSWER_BYTES)
                 location = response.headers.get("Location")
+                content = await self._read_answer(endpoint, response)
         except TimeoutError as exc:
             self._count(endpoint, "timeout")
+            # aiohttp raises ConnectionTimeoutError while connecting: nothing was sent.
+            sent = not isinstance(exc, aiohttp.ConnectionTimeoutError)
             raise errors.Transient(
-                f"{endpoint}: no answer within {self.config.request_timeout:g} s"
+                f"{endpoint}: no answer within {self.config.request_timeout:g} s",
+                ambiguous=sent,
             ) from exc
         except aiohttp.ClientConnectorCertificateError as exc:
             self._count(endpoint, "connection")
@@ -196,7 +206,12 @@ class OsccClient(Service):
             raise errors.Transient(f"{endpoint}: TLS certificate rejected: {exc}") from exc
         except aiohttp.ClientError as exc:
             self._count(endpoint, "connection")
-            raise errors.Transient(f"{endpoint}: {type(exc).__name__}: {exc}") from exc
+            # Connected and sent, then cut (server disconnected, reset): OSCC may have
+            # acted on it. Not connected at all: it certainly did not.
+            sent = not isinstance(exc, aiohttp.ClientConnectorError)
+            raise errors.Transient(
+                f"{endpoint}: {type(exc).__name__}: {exc}", ambiguous=sent
+            ) from exc
         finally:
             self._metrics.oscc_duration.labels(self.connector, endpoint).observe(
                 time.monotonic() - started
@@ -207,6 +222,28 @@ class OsccClient(Service):
         self._log.debug("oscc.answer", endpoint=endpoint, status=status, error_code=code)
         return self._judge(endpoint, status, answer, code, location)
 
+    async def _read_answer(self, endpoint: str, response: aiohttp.ClientResponse) -> bytes:
+        """The whole answer body, whatever its framing (Content-Length or chunked, in
+        however many segments), at most `_MAX_ANSWER_BYTES`.
+
+        A 2xx answer that is cut short or too large is an ambiguous Transient: OSCC has
+        seen the request and may have acted on it. For other statuses the body is only
+        decoration; b"" lets the status decide.
+        """
+        declared = response.content_length
+        try:
+            if declared is not None and declared > _MAX_ANSWER_BYTES:
+                raise _TooLarge(declared)
+            return await _read_bounded(response.content, _MAX_ANSWER_BYTES)
+        except (_TooLarge, aiohttp.ClientPayloadError) as exc:
+            if not 200 <= response.status < 300:
+                return b""
+            self._count(endpoint, "unreadable")
+            raise errors.Transient(
+                f"{endpoint}: HTTP {response.status} with an unreadable answer: {exc}",
+                ambiguous=True,
+            ) from exc
+
     def _judge(
         self, endpoint: str, status: int, answer: _A | None, code: int | None, location: str | None
     ) -> _A:
@@ -216,7 +253,10 @@ class OsccClient(Service):
             codes.raise_for(code, f"{endpoint}: {answer.error_text or codes.text_of(code)}")
         if 200 <= status < 300:
             if answer is None:
-                raise errors.Transient(f"{endpoint}: HTTP {status} without a JSON answer")
+                # OSCC answered success in a form we cannot read: it may have acted.
+                raise errors.Transient(
+                    f"{endpoint}: HTTP {status} without a JSON answer", ambiguous=True
+                )
             return answer
         error: errors.BridgeError
         if codes.error_for_http(status) is errors.Rejected:
@@ -233,6 +273,23 @@ class OsccClient(Service):
             error = errors.Transient(f"{endpoint}: HTTP {status}")
         error.http_status = status
         raise error
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"answer larger than {_MAX_ANSWER_BYTES} bytes ({size}+)")
+
+
+async def _read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Everything up to EOF; _TooLarge as soon as more than `limit` bytes came."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(size)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _parse(content: bytes, answer_type: type[_A]) -> tuple[_A | None, dict[str, Any]]:

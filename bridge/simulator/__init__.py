@@ -74,6 +74,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _pieces(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected 1 to 10000 pieces, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``oscc-bridge simulator`` options to `parser`."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -105,6 +112,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--latency", type=_seconds, default=0.0, metavar="S", help="added to every answer"
     )
     faults.add_argument(
+        "--answer-pieces",
+        type=_pieces,
+        default=1,
+        metavar="N",
+        help="write every answer chunked in N pieces, split mid-token (1: one write)",
+    )
+    faults.add_argument(
+        "--piece-gap", type=_seconds, default=0.0, metavar="S", help="pause between pieces"
+    )
+    faults.add_argument(
+        "--strict-sessions",
+        action="store_true",
+        help="only keepalives keep a session alive",
+    )
+    faults.add_argument(
         "--refuse-registration",
         type=int,
         choices=(4, 8, 9),
@@ -123,6 +145,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "error_5xx_rate": args.error_5xx_rate,
         "latency": args.latency,
         "refuse_registration": args.refuse_registration,
+        "answer_pieces": args.answer_pieces,
+        "piece_gap": args.piece_gap,
+        "strict_sessions": args.strict_sessions,
     }
 
 

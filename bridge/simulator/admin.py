@@ -8,14 +8,21 @@ All under ``/admin``; JSON in and out; a bad request answers 400 ``{"error": "..
                                         "refuse_registration": 4|8|9|null,
                                         "refuse_registration_for": {title: code},
                                         "session_ttl": s, "drop_sessions": true,
-                                        "fail_next": {"endpoint", "code", "times"}}
+                                        "strict_sessions": bool,
+                                        "answer_pieces": n, "piece_gap": s,
+                                        "fail_next": {"endpoint", "code" | "http" |
+                                                      "slow", "location"?, "times"},
+                                        "fail_contact": {"id", "code" | "http" |
+                                                         "slow", "times": n | null}}
                                        -> the faults after the change
     GET    /admin/records              ?endpoint=&title=&since=N -> {"records": [...]}
     GET    /admin/contacts             ?title= -> {"contacts": [accepted bodies]}
+    GET    /admin/contact-counts       {"seen": {id: n}, "created": {id: n}, "duplicates": n}
     GET    /admin/stream-responses     ?title= -> {"stream_responses": [accepted bodies]}
     GET    /admin/webhook-calls        ?title=&kind=&since=N -> {"webhook_calls": [...]}
     POST   /admin/reset                forget records, webhook calls, faults (not sessions)
-    GET    /admin/sessions             {"sessions": [... token prefix only ...]}
+    GET    /admin/sessions             {"sessions": [... token prefix only ...],
+                                        "max_live": {title: most live at once}}
     DELETE /admin/sessions             drop every session -> {"dropped": n}
     POST   /admin/restart              {"not_ready": s}? -> OSCC restart
     POST   /admin/stream-request       {"title", "id", "destinationId"?, "numberOfMessages"?}
@@ -120,6 +127,7 @@ class AdminApi:
             ("POST", "/admin/faults", self.post_faults),
             ("GET", "/admin/records", self.records),
             ("GET", "/admin/contacts", self.contacts),
+            ("GET", "/admin/contact-counts", self.contact_counts),
             ("GET", "/admin/stream-responses", self.stream_responses),
             ("GET", "/admin/webhook-calls", self.webhook_calls),
             ("POST", "/admin/reset", self.reset),
@@ -169,6 +177,12 @@ class AdminApi:
     async def contacts(self, request: web.Request) -> web.StreamResponse:
         return _reply({"contacts": self.sim.contacts(request.query.get("title", ""))})
 
+    async def contact_counts(self, request: web.Request) -> web.StreamResponse:
+        sim = self.sim
+        return _reply(
+            {"seen": dict(sim.seen), "created": dict(sim.created()), "duplicates": sim.duplicates()}
+        )
+
     async def stream_responses(self, request: web.Request) -> web.StreamResponse:
         title = request.query.get("title", "")
         return _reply({"stream_responses": self.sim.stream_responses(title)})
@@ -188,7 +202,12 @@ class AdminApi:
 
     async def sessions(self, request: web.Request) -> web.StreamResponse:
         now = time.monotonic()
-        return _reply({"sessions": [s.status(now) for s in self.sim.sessions]})
+        return _reply(
+            {
+                "sessions": [s.status(now) for s in self.sim.sessions],
+                "max_live": dict(self.sim.state.max_live),
+            }
+        )
 
     async def drop_sessions(self, request: web.Request) -> web.StreamResponse:
         return _reply({"dropped": self.sim.faults.drop_sessions()})

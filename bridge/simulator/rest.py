@@ -1,14 +1,15 @@
 """The OSCC REST side: the five ``/openmedia/webapi/main/*`` commands, checked as the guide says.
 
-Every call goes through the same gate, in this order: latency, HTTP 503 draw, per-contact
-HTTP failures (`Faults.fail_objects`), the NOT_READY window, scripted answers
-(`Faults.fail_next`); then the command itself. Every command but registration needs
-``Authorization: <session token>`` (bare) first: missing, unknown or expired answers 10
-CONNECTOR_NOT_REGISTERED. Then the body must be JSON (``Content-Type:
-application/json``) or the answer is 11 WRONG_API_REQUEST. Objects are
+Every call goes through the same gate, in this order: latency, HTTP 503 draw, the
+NOT_READY window, scripted rules (`Faults.fail_contact`, then `Faults.fail_next`: an HTTP
+error page or redirect, or an errorCode); then the command itself; then a rule's `slow`
+delay. Answers go on the wire through `answers.send` (in pieces when asked). Every
+command but registration needs ``Authorization: <session token>`` (bare) first: missing,
+unknown or expired answers 10 CONNECTOR_NOT_REGISTERED. Then the body must be JSON
+(``Content-Type: application/json``) or the answer is 11 WRONG_API_REQUEST. Objects are
 parsed with `bridge.oscc.models`, so the simulator and the bridge agree on every rule
 (11 shape, 12 length, 13 date). Every call is appended to `State.records`. OSCC answers
-errors with HTTP 200 and an errorCode; only the 5xx fault breaks that.
+errors with HTTP 200 and an errorCode; only the 5xx fault and `http` rules break that.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from bridge import logs
 from bridge.errors import Rejected
 from bridge.oscc import codec, models
 from bridge.oscc.codes import ErrorCode, text_of
-from bridge.simulator.faults import Faults
-from bridge.simulator.state import Record, Session, State
+from bridge.simulator import answers
+from bridge.simulator.faults import Faults, Rule
+from bridge.simulator.state import Record, Session, State, contact_id
 
 BASE_PATH = "/openmedia/webapi/main"
 _log = logs.get_logger("bridge.simulator")
@@ -122,28 +124,71 @@ class OsccApi:
     async def handle(self, endpoint: str, request: web.Request) -> web.StreamResponse:
         """Run one REST call through the fault gate and its command; record it."""
         call = await _read(endpoint, request)
+        self.state.arrived[endpoint] += 1
+        contact = contact_id(call.body) if endpoint == "newContact" else None
+        if contact is not None:
+            self.state.seen[contact] += 1
         if self.faults.latency > 0:
             await asyncio.sleep(self.faults.latency)
         if self.faults.draw_5xx():
             self._record(call, None, 503, None)
-            return web.Response(status=503, text=_UNAVAILABLE, content_type="text/html")
-        if (status := self.faults.object_failure(endpoint, call.body)) is not None:
-            self._record(call, None, status, None)
-            return web.Response(status=status, text=f"HTTP {status}", content_type="text/html")
-        outcome = await self._gate(call)
+            return await self._send(request, _UNAVAILABLE.encode(), 503, "text/html")
+        # No rule is used up while OSCC answers 7 NOT_READY anyway.
+        rule = None
+        if self.faults.not_ready_remaining <= 0:
+            rule = self.faults.scripted(endpoint, contact)
+        if rule is not None and rule.http is not None:
+            return await self._http_fault(call, request, rule)
+        outcome = await self._gate(call, rule)
         code = outcome.answer.get("errorCode")
         self._record(call, outcome.title, 200, code if isinstance(code, int) else None)
         _log.debug(
             "oscc call", endpoint=endpoint, connector=outcome.title, error_code=code, status=200
         )
-        return web.Response(body=codec.encode(outcome.answer), content_type="application/json")
+        if rule is not None and rule.slow > 0:
+            await asyncio.sleep(rule.slow)  # the work is done; the answer comes late
+        return await self._send(request, codec.encode(outcome.answer))
 
-    async def _gate(self, call: Call) -> Outcome:
+    async def _http_fault(self, call: Call, request: web.Request, rule: Rule) -> web.StreamResponse:
+        """Answer the rule's HTTP status instead of running the command: a redirect for
+        3xx, a Tomcat-like error page for anything else."""
+        status = rule.http or 500
+        self._record(call, self._title_of(call), status, None)
+        if rule.slow > 0:
+            await asyncio.sleep(rule.slow)
+        if 300 <= status < 400:
+            location = rule.location
+            if location.endswith("/"):
+                location += call.endpoint
+            page = answers.moved_page(status, location)
+            headers = {"Location": location}
+            return await self._send(request, page.encode(), status, "text/html", headers)
+        return await self._send(request, answers.error_page(status).encode(), status, "text/html")
+
+    async def _send(
+        self,
+        request: web.Request,
+        body: bytes,
+        status: int = 200,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> web.StreamResponse:
+        return await answers.send(
+            request,
+            body,
+            status=status,
+            content_type=content_type,
+            charset="utf-8" if content_type == "text/html" else None,
+            headers=headers,
+            pieces=self.faults.answer_pieces,
+            gap=self.faults.piece_gap,
+        )
+
+    async def _gate(self, call: Call, rule: Rule | None) -> Outcome:
         if self.faults.not_ready_remaining > 0:
             return Outcome(answer(ErrorCode.NOT_READY, _answer_type(call)), self._title_of(call))
-        scripted = self.faults.scripted(call.endpoint)
-        if scripted is not None:
-            return Outcome(answer(scripted, _answer_type(call)), self._title_of(call))
+        if rule is not None and rule.code is not None:
+            return Outcome(answer(rule.code, _answer_type(call)), self._title_of(call))
         try:
             return await self._commands[call.endpoint](call)
         except _Answered as answered:
@@ -214,7 +259,7 @@ class OsccApi:
 
     def _session(self, call: Call) -> Session:
         """The caller's live session (refreshed); else answer 10, then 11 for a non-JSON body."""
-        session = self.state.authorize(call.authorization)
+        session = self.state.authorize(call.authorization, keepalive=call.endpoint == "keepalive")
         if session is None:
             code = ErrorCode.CONNECTOR_NOT_REGISTERED
             raise _Answered(Outcome(answer(code, _answer_type(call)), None))

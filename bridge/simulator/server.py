@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,8 @@ class Simulator(Service):
     session is gone. `agent`: run the scripted agent. `seed` makes the 5xx draws and the
     agent's scripts reproducible. Other keywords tune the agent (`AgentOptions`) and set
     faults at start (`not_ready` seconds, `error_5xx_rate`, `latency`,
-    `refuse_registration`).
+    `refuse_registration`, `answer_pieces`, `piece_gap`). `strict_sessions`: only
+    keepalives keep a session alive (see `state`).
     """
 
     def __init__(
@@ -61,15 +63,24 @@ class Simulator(Service):
         error_5xx_rate: float = 0.0,
         latency: float = 0.0,
         refuse_registration: int | None = None,
+        answer_pieces: int = 1,
+        piece_gap: float = 0.0,
+        strict_sessions: bool = False,
     ) -> None:
         self.host, self.port = host, port
-        self.state = State(dict(connectors or DEFAULT_CONNECTORS), session_ttl=session_ttl)
+        self.state = State(
+            dict(connectors or DEFAULT_CONNECTORS),
+            session_ttl=session_ttl,
+            strict_sessions=strict_sessions,
+        )
         self.faults = Faults(self.state, seed=seed)
         self.faults.update(
             {
                 "error_5xx_rate": error_5xx_rate,
                 "latency": latency,
                 "refuse_registration": refuse_registration,
+                "answer_pieces": answer_pieces,
+                "piece_gap": piece_gap,
             }
         )
         self._not_ready_at_start = not_ready
@@ -169,6 +180,24 @@ class Simulator(Service):
     def contacts(self, title: str) -> list[Any]:
         """Bodies of `title`'s newContact calls answered errorCode 0, in order."""
         return self.state.accepted("newContact", title)
+
+    @property
+    def seen(self) -> Counter[str]:
+        """publishedObject.id -> newContact calls that carried it, whatever the answer."""
+        return self.state.seen
+
+    def created(self) -> Counter[str]:
+        """publishedObject.id -> newContact calls answered errorCode 0: what OSCC created."""
+        return self.state.created()
+
+    def duplicates(self) -> int:
+        """Contacts OSCC created more than once: the extra copies, summed."""
+        return sum(n - 1 for n in self.created().values() if n > 1)
+
+    @property
+    def max_live(self) -> dict[str, int]:
+        """Title -> the most sessions of it that were live at once (since start)."""
+        return self.state.max_live
 
     def stream_responses(self, title: str) -> list[Any]:
         """Bodies of `title`'s streamResponse calls answered errorCode 0, in order."""

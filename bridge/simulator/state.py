@@ -4,7 +4,13 @@ Sessions follow the guide's rules as the simulator reads them: a registration yi
 64-hex session token; every authorized call refreshes it; a session nobody used for
 `session_ttl` seconds is gone (checked lazily, on the next call that looks at it). Only
 one live session may hold a connector title at a time (a second registration answers 2
-ALREADY_REGISTERED_ON until the first one expires).
+ALREADY_REGISTERED_ON until the first one expires). With `strict_sessions`, only a
+keepalive keeps a session alive (the guide's "Keep Alive ... used to keep the session
+alive"); other calls are answered but do not refresh it. `max_live[title]` is the most
+sessions of one title that were ever live at once (1 while the rule above holds).
+
+`seen[publishedObject.id]` counts every newContact call carrying that id, whatever it
+was answered; `created()` counts those answered 0, so duplicates at OSCC are visible.
 
 Times are `time.monotonic()` seconds, the clock asyncio's loop uses.
 """
@@ -14,10 +20,18 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bridge import logs
+
+
+def contact_id(body: Any) -> str | None:
+    """A newContact body's publishedObject.id, or None when it has none."""
+    published = body.get("publishedObject") if isinstance(body, dict) else None
+    value = published.get("id") if isinstance(published, dict) else None
+    return value if isinstance(value, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +126,15 @@ class State:
 
     connectors: dict[str, str] = field(repr=False)
     session_ttl: float = 90.0
+    strict_sessions: bool = False
     sessions: dict[str, Session] = field(default_factory=dict, repr=False)
+    max_live: dict[str, int] = field(default_factory=dict)
+    seen: Counter[str] = field(default_factory=Counter, repr=False)
     records: list[Record] = field(default_factory=list, repr=False)
     webhook_calls: list[WebhookCall] = field(default_factory=list, repr=False)
+    # endpoint -> REST calls received, counted on arrival (a record is made on answering,
+    # after any latency): tests wait on it for "the request is at OSCC, unanswered".
+    arrived: Counter[str] = field(default_factory=Counter, repr=False)
     # title -> webhookURL of its latest registration; outlives the session, so a contact
     # accepted before an OSCC restart still gets its reply once the connector is back.
     webhooks: dict[str, str] = field(default_factory=dict, repr=False)
@@ -149,15 +169,18 @@ class State:
         session = Session(token, title, webhook_url, created=now, last_seen=now)
         self.sessions[token] = session
         self.webhooks[title] = webhook_url
+        live = sum(1 for s in self.sessions.values() if s.title == title)
+        self.max_live[title] = max(self.max_live.get(title, 0), live)
         return session
 
-    def authorize(self, token: str | None) -> Session | None:
-        """The live session for `token`, refreshed; None when missing, unknown or expired."""
+    def authorize(self, token: str | None, *, keepalive: bool = False) -> Session | None:
+        """The live session for `token`, refreshed (with `strict_sessions`, only by a
+        keepalive); None when missing, unknown or expired."""
         if not token:
             return None
         self.expire()
         session = self.sessions.get(token)
-        if session is not None:
+        if session is not None and (keepalive or not self.strict_sessions):
             session.last_seen = time.monotonic()
         return session
 
@@ -184,7 +207,18 @@ class State:
             if r.endpoint == endpoint and r.title == title and r.error_code == 0
         ]
 
+    def created(self) -> Counter[str]:
+        """publishedObject.id -> newContact calls answered errorCode 0 (any title)."""
+        created: Counter[str] = Counter()
+        for r in self.records:
+            if r.endpoint == "newContact" and r.error_code == 0:
+                created[contact_id(r.body) or ""] += 1
+        created.pop("", None)
+        return created
+
     def clear_history(self) -> None:
-        """Forget records and webhook calls (not sessions)."""
+        """Forget records, webhook calls and contact counts (not sessions)."""
         self.records.clear()
         self.webhook_calls.clear()
+        self.seen.clear()
+        self.arrived.clear()
