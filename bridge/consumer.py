@@ -54,7 +54,7 @@ from bridge.backoff import backoff_delay
 from bridge.broker import Broker
 from bridge.config import Config, ConnectorConfig
 from bridge.dedupe import DedupeStore
-from bridge.delivery import Abandoned, Kind, MessageKind, Work, decode, queue_wait
+from bridge.delivery import Abandoned, Kind, MessageKind, Work, decode, queue_wait, untraced
 from bridge.gate import Gate
 from bridge.lanes import Lane, Lanes
 from bridge.lifecycle import Service
@@ -404,16 +404,3 @@ class Consumer(Service):
         """Dead-letter, publish the rejected outcome, ack; never retry."""
         await self._report.reject(work, exc, by_oscc=by_oscc)
         await self._ack(work)
-
-
-def untraced(exc: BaseException) -> None:
-    """Cut `exc` loose from the frames it was raised through.
-
-    An error raised from a local variable (``error = ...; raise error``, as the OSCC
-    client does for HTTP statuses) is held by its own frame, and its traceback holds that
-    frame and every frame between, ours included, whose locals hold the message and its
-    body: a reference cycle that only the cyclic collector frees. That collector counts
-    objects, not bytes, so megabytes of bodies piled up between its full collections
-    (tests/test_poison.py checks that no message outlives its handling).
-    """
-    exc.__traceback__ = None

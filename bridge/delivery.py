@@ -150,6 +150,20 @@ def detached(exc: errors.Rejected) -> errors.Rejected:
     return errors.Rejected(exc.text, code=exc.code, path=exc.path)
 
 
+def untraced(exc: BaseException) -> None:
+    """Cut `exc` loose from the frames it was raised through.
+
+    An error raised from a local variable (``error = ...; raise error``, as the OSCC
+    client does for HTTP statuses) is held by its own frame, and its traceback holds that
+    frame and every frame between, ours included, whose locals hold the message and its
+    body: a reference cycle that only the cyclic collector frees. That collector counts
+    objects, not bytes, so megabytes of bodies piled up between its full collections
+    (tests/test_poison.py checks that no message outlives its handling). The consumer
+    calls it on every error it catches from the client.
+    """
+    exc.__traceback__ = None
+
+
 def queue_wait(message: AbstractIncomingMessage) -> float | None:
     """Seconds since `message` was published (its timestamp), or None without one."""
     if message.timestamp is None:
