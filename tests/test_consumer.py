@@ -13,7 +13,7 @@ import json
 import random
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,9 +124,11 @@ async def bridge(
     queue_type: str = "quorum",
     confirm_timeout: float = 5.0,
     sim: Simulator | None = None,
+    configure: Callable[[Config], Config] | None = None,
     **consumer_kw: Any,
 ) -> AsyncIterator[Bridge]:
-    """Simulator + supervisor + client + publisher + consumer, all real, one prefix."""
+    """Simulator + supervisor + client + publisher + consumer, all real, one prefix;
+    `configure` changes the configuration first."""
     async with contextlib.AsyncExitStack() as stack:
         if sim is None:
             sim = await stack.enter_async_context(
@@ -140,6 +142,8 @@ async def bridge(
             queue_type=queue_type,
             confirm_timeout=confirm_timeout,
         )
+        if configure is not None:
+            config = configure(config)
         topology = Topology(prefix, config.broker.queue_type)
         metrics = Metrics()
         connection = await aio_pika.connect_robust(AMQP_URL)

@@ -1,11 +1,11 @@
-"""bridge.lanes: per-key order, parallel keys, draining, and the outage gate (pure asyncio)."""
+"""bridge.lanes: per-key order, parallel keys, draining (pure asyncio)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
-from bridge.lanes import Gate, Lane, Lanes
+from bridge.lanes import Lane, Lanes
 from tests.harness import wait_until
 
 
@@ -103,22 +103,3 @@ async def test_drain_cuts_a_busy_lane_short_after_the_timeout() -> None:
     assert await lanes.drain(timeout=0.05) == 1
     assert ("end", "stuck") not in work.events
     assert len(lanes) == 0
-
-
-async def test_gate_lets_only_the_prober_through_until_it_succeeds() -> None:
-    gate = Gate()
-    prober, other = object(), object()
-    await gate.wait(other)  # open: returns at once
-    assert gate.failed(prober) is True
-    assert gate.failed(other) is False  # one prober at a time
-    await gate.wait(prober)  # the prober is never held by its own gate
-    waiting = asyncio.create_task(gate.wait(other))
-    await asyncio.sleep(0)  # one loop step, not a timed wait: the task runs until it blocks
-    assert not waiting.done()
-    gate.release(other)  # not the prober: nothing changes
-    await asyncio.sleep(0)  # one loop step: the task would run, were it woken
-    assert not waiting.done()
-    gate.release(prober)
-    async with asyncio.timeout(1):
-        await waiting
-    assert gate.failed(other) is True  # the next failure makes a new prober
