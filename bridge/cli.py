@@ -93,9 +93,12 @@ def _load(args: argparse.Namespace) -> config_mod.Config:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from bridge import tracing
+
     config = _load(args)
     if not _report_tls(config):
         return EXIT_CONFIG
+    tracing.check(config.tracing)  # ConfigError: the otel extra is missing
     print(f"{args.config}: OK")
     print(f"  broker   {config_mod.mask_url(config.broker.url)} exchange={config.broker.exchange}")
     print(f"  oscc     {config.oscc.url} verify_tls={config.oscc.verify_tls}")
@@ -105,6 +108,8 @@ def _check_config(args: argparse.Namespace) -> int:
         else ""
     )
     print(f"  webhook  {config.http.host}:{config.http.port}{tls}")
+    if config.tracing.enabled:
+        print(f"  tracing  OTLP {config.tracing.endpoint or '(OTEL_EXPORTER_OTLP_* variables)'}")
     for c in config.connectors:
         print(f"  connector {c.name}: title={c.title} webhookURL={_public_webhook(config, c)}")
     return EXIT_OK
@@ -127,9 +132,10 @@ def _public_webhook(config: config_mod.Config, c: config_mod.ConnectorConfig) ->
 
 def _run(args: argparse.Namespace) -> int:
     config = _load(args)
-    from bridge import app, logs
+    from bridge import app, logs, tracing
 
     logs.configure(config.log.level, config.log.format)
+    tracing.setup(config.tracing)  # before the bridge is built: its parts ask once
 
     async def body(stop: asyncio.Event) -> None:
         reload = asyncio.Event()  # SIGHUP: re-read the webhook's TLS files
@@ -147,6 +153,8 @@ def _run(args: argparse.Namespace) -> int:
     except BridgeError as exc:
         logs.get_logger("bridge").error("bridge.failed", error=str(exc))
         return EXIT_ERROR
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
     return EXIT_OK
 
 

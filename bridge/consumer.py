@@ -41,7 +41,7 @@ from aio_pika.abc import (
 )
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
-from bridge import errors
+from bridge import errors, tracing
 from bridge.backoff import backoff_delay
 from bridge.broker import Broker
 from bridge.config import Config, ConnectorConfig
@@ -118,7 +118,7 @@ class Consumer(Service):
         self._queue_wait = {k.name: metrics.queue_wait.labels(c, k.name) for k in self._kinds}
         self._stopping = asyncio.Event()
         self._gate = Gate()
-        self._lanes: Lanes[Work] = Lanes(self._work, self._stopping)
+        self._lanes: Lanes[Work] = Lanes(tracing.consumer(self._work, c), self._stopping)
         self._channels: list[AbstractChannel] = []
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._report = Reporter(
