@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 import bridge
-from bridge import otel, tracing
+from bridge import cli, otel, tracing
 from bridge.broker import Broker
 from bridge.config import ConnectorConfig, TracingConfig
 from bridge.errors import ConfigError
@@ -327,6 +327,35 @@ def test_enabled_without_the_otel_extra_is_a_config_error(
     assert info.value.key == "tracing.enabled"
     assert not tracing.enabled()
     tracing.setup(TracingConfig(enabled=False))  # off needs nothing
+
+
+TRACED = f"""
+[oscc]
+url = "https://oscc.example.com"
+[tracing]
+enabled = true
+endpoint = "http://collector:4318"
+[[connectors]]
+name = "fb"
+title = "{FB_TITLE}"
+token = "{FB_TOKEN}"
+"""
+
+
+def test_check_config_names_the_collector_or_the_missing_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text(TRACED)
+    assert cli.main(["check-config", "--config", str(path)]) == 0
+    assert "tracing  OTLP http://collector:4318" in capsys.readouterr().out
+
+    monkeypatch.setitem(sys.modules, "bridge.otel", None)
+    monkeypatch.delattr(bridge, "otel", raising=False)
+    assert cli.main(["check-config", "--config", str(path)]) == 3
+    out, err = capsys.readouterr()
+    assert "tracing.enabled" in err
+    assert "OK" not in out
 
 
 def test_endpoint_and_url_redaction() -> None:
