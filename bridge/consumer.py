@@ -49,7 +49,7 @@ from aio_pika.abc import (
 )
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
-from bridge import errors
+from bridge import errors, tracing
 from bridge.backoff import backoff_delay
 from bridge.broker import Broker
 from bridge.config import Config, ConnectorConfig
@@ -129,7 +129,7 @@ class Consumer(Service):
         self._gate = Gate(self._probe_backoff)
         # Stands for "no session could be had" at the gate: a failure, but no message's.
         self._no_session = object()
-        self._lanes: Lanes[Work] = Lanes(self._work, self._stopping)
+        self._lanes: Lanes[Work] = Lanes(tracing.consumer(self._work, c), self._stopping)
         self._channels: list[AbstractChannel] = []
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._report = Reporter(
