@@ -13,6 +13,9 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS builder
+# Extras installed: "otel" lets `[tracing] enabled = true` work without another image;
+# --build-arg EXTRAS= leaves OpenTelemetry out.
+ARG EXTRAS=otel
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -24,7 +27,7 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 # pip and setuptools leave the venv: nothing is installed at run time.
-RUN /opt/venv/bin/pip install --no-cache-dir . \
+RUN /opt/venv/bin/pip install --no-cache-dir ".[${EXTRAS}]" \
  && /opt/venv/bin/oscc-bridge --help >/dev/null \
  && /opt/venv/bin/pip uninstall --yes --quiet setuptools pip
 

@@ -185,6 +185,8 @@ def _check_config(args: argparse.Namespace) -> int:
     )
     print(f"  webhook  {config.http.host}:{config.http.port}{tls}")
     print(f"  spool    {config.spool.dir}")
+    if config.tracing.enabled:
+        print(f"  tracing  OTLP {config.tracing.endpoint or '(OTEL_EXPORTER_OTLP_* variables)'}")
     for c in config.connectors:
         print(f"  connector {c.name}: title={c.title} webhookURL={_public_webhook(config, c)}")
     return EXIT_OK
@@ -197,9 +199,10 @@ def _public_webhook(config: config_mod.Config, c: config_mod.ConnectorConfig) ->
 
 def _run(args: argparse.Namespace) -> int:
     config = _load(args)
-    from bridge import app, logs
+    from bridge import app, logs, tracing
 
     logs.configure(config.log.level, config.log.format)
+    tracing.setup(config.tracing)  # before the bridge is built: its parts ask once
 
     async def body(stop: asyncio.Event) -> None:
         reload = asyncio.Event()  # SIGHUP: re-read the webhook's TLS files
@@ -217,6 +220,8 @@ def _run(args: argparse.Namespace) -> int:
     except BridgeError as exc:
         logs.get_logger("bridge").error("bridge.failed", error=str(exc))
         return EXIT_ERROR
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
     return EXIT_OK
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -298,20 +297,6 @@ def _tls_problems(http: HttpConfig) -> Iterator[ConfigError]:
             "http.tls_cert is set (OSCC calls the listener over TLS)",
             key="http.public_url",
         )
-
-
-def _bad_host(url: str) -> str | None:
-    """Why `url` names no host it can reach (None when it does)."""
-    if any(ch.isspace() for ch in url):
-        return "contains a space"
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
-    except ValueError as exc:
-        return f"is not a URL ({exc})"
-    if not parts.hostname:
-        return "has no host"
-    return None
 
 
 def load(

@@ -9,6 +9,7 @@ over later::
     URLs        a host, no spaces, a numeric port ("http://", "http://oscc:8443 bad")
     secrets     placeholders left in ("change-me", "<token>", ...)
     spool.dir   a directory the bridge can create and write
+    tracing     the otel extra installed when tracing is on
     TLS files   readable PEM, key matching the certificate, not expired (`bridge.tls`);
                 a certificate that expires soon is a warning, not an error
 
@@ -29,7 +30,7 @@ from typing import Any
 import msgspec
 
 from bridge import config as cfg
-from bridge import tls
+from bridge import tls, tracing
 from bridge.errors import ConfigError
 
 # What people leave in a file they copied: the shipped manifests' "change-me" and friends.
@@ -70,6 +71,10 @@ def diagnose(path: Path, env: Mapping[str, str] | None = None) -> Report:
     config = msgspec.convert(cleaned, cfg.Config)
     found += [(e.key or "", str(e)) for e in cfg.problems(config)]
     found += list(_hosts(config)) + list(_placeholders(config)) + list(_spool(config))
+    try:
+        tracing.check(config.tracing)  # the otel extra is installed when tracing is on
+    except ConfigError as exc:
+        found.append((exc.key or "tracing.enabled", str(exc)))
     for finding in tls.check_files(config.http):
         if finding.level == "error":
             found.append((finding.key, str(finding)))

@@ -6,10 +6,18 @@ For each message of ``<p>.<c>.contact.new`` and ``<p>.<c>.stream.response``::
       │ key already accepted ────────────────► accepted outcome ("duplicate"), ack
       ▼
     gate ─► token ─► POST ──0─────────────────► remember key (fsync), accepted outcome, ack
-                      ├─ 11/12/13 ────────────► dead-letter, rejected outcome, ack
-                      ├─ 6/10/401/403 ────────► session_lost(token), new token, same message
-                      └─ 1/7/5xx/timeout ─────► close the gate; one message probes with
-                                                capped backoff + jitter, the rest wait
+      ▲               ├─ 11/12/13 ────────────► dead-letter, rejected outcome, ack
+      │               ├─ 6/10/401/403 ────────► session_lost(token), new token, same message
+      │               └─ 1/7/5xx/timeout ─────► close the gate (`bridge.gate`); this message
+      │                                         waits its own backoff, others probe
+      └── charged oscc.max_attempts times ────► dead-letter (Undeliverable), rejected
+          (OSCC failed it, accepted others)     outcome, ack
+
+The gate tells a poison message from an outage: after a failure one *other* waiter probes;
+when it goes through, the failed message is charged a strike; when everything fails
+(several messages in a row), nobody is. So other sources wait behind a poison message at
+most one probe backoff, and an outage costs one request per backoff step and no message
+its attempts.
 
 Ordering: messages with the same key (a contact's ``source.id``, a stream response's
 ``id``) go through one *lane* (`bridge.lanes`), a FIFO worked by one task; different keys
@@ -41,14 +49,15 @@ from aio_pika.abc import (
 )
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
-from bridge import errors
+from bridge import errors, tracing
 from bridge.accepted import AcceptedLog
 from bridge.backoff import backoff_delay
 from bridge.broker import Broker
 from bridge.config import Config, ConnectorConfig
 from bridge.dedupe import DedupeStore
-from bridge.delivery import Abandoned, Kind, MessageKind, Work, decode, queue_wait
-from bridge.lanes import Gate, Lane, Lanes
+from bridge.delivery import Abandoned, Kind, MessageKind, Work, decode, queue_wait, untraced
+from bridge.gate import Gate
+from bridge.lanes import Lane, Lanes
 from bridge.lifecycle import Service
 from bridge.logs import get_logger
 from bridge.metrics import Metrics
@@ -123,8 +132,10 @@ class Consumer(Service):
         }
         self._queue_wait = {k.name: metrics.queue_wait.labels(c, k.name) for k in self._kinds}
         self._stopping = asyncio.Event()
-        self._gate = Gate()
-        self._lanes: Lanes[Work] = Lanes(self._work, self._stopping)
+        self._gate = Gate(self._probe_backoff)
+        # Stands for "no session could be had" at the gate: a failure, but no message's.
+        self._no_session = object()
+        self._lanes: Lanes[Work] = Lanes(tracing.consumer(self._work, c), self._stopping)
         self._channels: list[AbstractChannel] = []
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._report = Reporter(
@@ -244,7 +255,7 @@ class Consumer(Service):
     def _accept(self, kind: Kind, message: AbstractIncomingMessage) -> None:
         if self._stopping.is_set():
             return  # left unacked: returned in order when the channel closes
-        work = decode(kind, message, self._log)
+        work = decode(kind, message, self._log, max_bytes=self.config.broker.max_message_bytes)
         if (wait := queue_wait(message)) is not None:
             self._queue_wait[kind.name].observe(wait)
         self._lanes.add(None if work.order_key is None else (kind.name, work.order_key), work)
@@ -274,8 +285,10 @@ class Consumer(Service):
             try:
                 answer = await self._send(work, lane)
             except errors.Rejected as exc:
+                untraced(exc)
                 with lane.busy():
-                    await self._reject(work, exc, by_oscc=True)
+                    by_oscc = not isinstance(exc, errors.Undeliverable)
+                    await self._reject(work, exc, by_oscc=by_oscc)
                 return
             with lane.busy():
                 self._accepted[work.kind.name].inc()
@@ -323,21 +336,31 @@ class Consumer(Service):
             work.log.warning("consumer.accepted_not_shared", error=str(exc))
 
     async def _send(self, work: Work, lane: Lane[Work]) -> models.Answer:
-        """POST until OSCC answers 0 (returned) or 11/12/13 (Rejected raised)."""
+        """POST until OSCC answers 0 (returned) or 11/12/13 (Rejected raised), or until it
+        failed the message `oscc.max_attempts` times while accepting others
+        (Undeliverable raised)."""
         assert work.parsed is not None
         body = codec.encode(work.parsed.body)
         send = self._senders[work.kind.name]
         retried = self._metrics.forwards.labels(self.connector.name, work.kind.name, "retried")
-        attempt = 0
+        failures = 0
+        # The last failure's text and code, not the exception: its traceback would hold
+        # this frame, and the body, for as long as the message waits.
+        last: tuple[str, int | None] = ("", None)
         ambiguous = False  # the last send may have reached OSCC: the next may duplicate it
         try:
             while True:
                 self._check(work)
                 await self._gate.wait(work)
-                token: str | None = None
+                self._give_up_if_charged(work, *last)
                 try:
-                    # Transient when no session came in time: handled like OSCC being down.
                     token = await self._supervisor.token(timeout=self.token_timeout)
+                except errors.Transient as exc:
+                    # Like OSCC being down, but no message's doing: charged to nobody.
+                    self._gate.failed(self._no_session)
+                    failures = await self._pause(work, failures, "consumer.no_session", exc)
+                    continue
+                try:
                     self._check(work)
                     if ambiguous:
                         ambiguous = False
@@ -346,29 +369,51 @@ class Consumer(Service):
                     with lane.busy():
                         answer = await send(token, body)
                 except errors.SessionLost as exc:
+                    untraced(exc)
                     retried.inc()
                     work.log.info("consumer.session_lost", error=exc.text)
-                    self._gate.release(work)
-                    if token is not None:
-                        await self._supervisor.session_lost(token)
+                    await self._supervisor.session_lost(token)
                     continue
+                except errors.Rejected:
+                    self._gate.succeeded(work)  # OSCC is up: it judged the message
+                    raise
                 except (errors.Transient, errors.StaleSession, errors.ConnectorRefused) as exc:
+                    untraced(exc)
                     retried.inc()
                     ambiguous = ambiguous or getattr(exc, "ambiguous", False)
-                    if self._gate.failed(work):
-                        delay = backoff_delay(
-                            attempt, base=self.retry_base, cap=self.retry_cap, rng=self._rng
-                        )
-                        attempt += 1
-                        work.log.warning(
-                            "consumer.oscc_unavailable", error=exc.text, retry_in=delay
-                        )
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._stopping.wait(), delay)
+                    self._gate.failed(work)
+                    last = (exc.text, exc.code)
+                    failures = await self._pause(work, failures, "consumer.oscc_unavailable", exc)
                     continue
+                self._gate.succeeded(work)
                 return answer
         finally:
-            self._gate.release(work)
+            self._gate.forget(work)
+
+    def _give_up_if_charged(self, work: Work, text: str, code: int | None) -> None:
+        """Raise Undeliverable once OSCC failed `work` `oscc.max_attempts` times while it
+        accepted other messages (the gate's strikes)."""
+        strikes = self._gate.strikes(work)
+        if strikes < self.config.oscc.max_attempts:
+            return
+        raise errors.Undeliverable(
+            f"{text} (failed {strikes} times while OSCC accepted other"
+            f" {'contacts' if work.kind.name is MessageKind.CONTACT else 'messages'})",
+            code=code or codes.ErrorCode.GENERAL_ERROR,
+        )
+
+    async def _pause(self, work: Work, failures: int, event: str, exc: errors.BridgeError) -> int:
+        """Log `event`, wait this message's own backoff after its `failures`-th failure
+        (not holding the gate: others probe meanwhile) or until stopping; the next count."""
+        delay = backoff_delay(failures, base=self.retry_base, cap=self.retry_cap, rng=self._rng)
+        work.log.warning(event, error=exc.text, retry_in=round(delay, 3))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        return failures + 1
+
+    def _probe_backoff(self, streak: int) -> float:
+        """The gate's pause before the next probe after `streak` failures in a row."""
+        return backoff_delay(streak - 1, base=self.retry_base, cap=self.retry_cap, rng=self._rng)
 
     def _check(self, work: Work, *, stopping: bool = True) -> None:
         """Raise Abandoned when the message's channel is gone (or, before a send, when

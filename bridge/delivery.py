@@ -3,9 +3,10 @@
 ::
 
     Kind        contact | stream_response, with its queue and fallback routing key
-    decode()    AMQP message ──► Work: the parsed body or why it is rejected, the lane
-                key (a contact's source.id, a stream response's id), the dedupe key, the
-                ids an outcome names, and a logger bound to all of it
+    decode()    AMQP message ──► Work: the parsed body or why it is rejected (a body
+                over broker.max_message_bytes is not read at all), the lane key (a
+                contact's source.id, a stream response's id), the dedupe key, the ids an
+                outcome names, and a logger bound to all of it
 
 Pure functions and records; the consumer (`bridge.consumer`) acts on them, and
 `bridge.outcomes` builds what it publishes about them.
@@ -61,9 +62,10 @@ class Kind:
         )
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class Work:
-    """One delivered message, decoded, on its way through a lane."""
+    """One delivered message, decoded, on its way through a lane (hashed by identity:
+    the outage gate keys its strikes by it)."""
 
     kind: Kind
     message: AbstractIncomingMessage
@@ -88,17 +90,22 @@ class Work:
         return self._log
 
 
-def decode(kind: Kind, message: AbstractIncomingMessage, log: Any) -> Work:
-    """`message` decoded as `kind`; never raises (a bad message carries its `error`)."""
+def decode(kind: Kind, message: AbstractIncomingMessage, log: Any, *, max_bytes: int) -> Work:
+    """`message` decoded as `kind`; never raises (a bad message carries its `error`).
+
+    A body over `max_bytes` is not decoded at all (see `too_big`)."""
+    if (error := too_big(message.body, max_bytes)) is not None:
+        return Work(
+            kind, message, None, error, None, key_of(kind.name, message.message_id, None), {}, log
+        )
     parsed: codec.Parsed[Any] | None = None
-    error: errors.Rejected | None = None
     try:
         if kind.name is MessageKind.CONTACT:
             parsed = codec.decode_new_contact(message.body)
         else:
             parsed = codec.decode_stream_response(message.body)
     except errors.Rejected as exc:
-        error = exc
+        error = detached(exc)
     except Exception as exc:
         # RecursionError (deep nesting), UnicodeDecodeError (lone surrogates), or a
         # decoder bug: the message is still wrong in itself, and must not sit in a
@@ -113,6 +120,48 @@ def decode(kind: Kind, message: AbstractIncomingMessage, log: Any) -> Work:
         order_key = ids.get("sourceId") if kind.name is MessageKind.CONTACT else ids.get("id")
     dedupe_key = key_of(kind.name, message.message_id, ids.get("publishedObjectId"))
     return Work(kind, message, parsed, error, order_key, dedupe_key, ids, log)
+
+
+def too_big(body: bytes, max_bytes: int) -> errors.Rejected | None:
+    """Why a body over `max_bytes` (``broker.max_message_bytes``) is rejected unread, or None.
+
+    Decoding costs memory and time in proportion to the size, which is what the limit
+    bounds; so is a copy for OSCC. The code is 12 STRING_OUT_OF_BOUND: the guide's code for
+    a value longer than its limit, and like it never worth retrying.
+    """
+    size = len(body)
+    if size <= max_bytes:
+        return None
+    return errors.Rejected(
+        f"message of {size} bytes is larger than broker.max_message_bytes = {max_bytes}",
+        code=codes.ErrorCode.STRING_OUT_OF_BOUND,
+    )
+
+
+def detached(exc: errors.Rejected) -> errors.Rejected:
+    """A copy of `exc` without its traceback, cause or context.
+
+    A Work keeps its error until it is dead-lettered. The raised exception's traceback
+    holds the decoder's frames, whose locals hold the body, and `decode`'s own frame, whose
+    locals hold the exception: a reference cycle that only the cyclic collector frees, and
+    it counts objects, not bytes, so rejected bodies of megabytes piled up between its
+    rare full collections.
+    """
+    return errors.Rejected(exc.text, code=exc.code, path=exc.path)
+
+
+def untraced(exc: BaseException) -> None:
+    """Cut `exc` loose from the frames it was raised through.
+
+    An error raised from a local variable (``error = ...; raise error``, as the OSCC
+    client does for HTTP statuses) is held by its own frame, and its traceback holds that
+    frame and every frame between, ours included, whose locals hold the message and its
+    body: a reference cycle that only the cyclic collector frees. That collector counts
+    objects, not bytes, so megabytes of bodies piled up between its full collections
+    (tests/test_poison.py checks that no message outlives its handling). The consumer
+    calls it on every error it catches from the client.
+    """
+    exc.__traceback__ = None
 
 
 def queue_wait(message: AbstractIncomingMessage) -> float | None:

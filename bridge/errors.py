@@ -13,8 +13,10 @@ Each class says what the bridge does about it::
     │                        connector; retry after a delay until it expires
     ├── ConnectorRefused     registration answered 4, 8 or 9: OSCC-side configuration is
     │                        wrong; state `failed`, retry slowly
-    ├── Rejected             the message itself is wrong (11, 12, 13, undecodable): never
-    │                        retried, dead-lettered with the code and text
+    ├── Rejected             the message itself is wrong (11, 12, 13, undecodable, too
+    │   │                    big): never retried, dead-lettered with the code and text
+    │   └── Undeliverable    OSCC failed it transiently `oscc.max_attempts` times while
+    │                        it accepted others: dead-lettered with the last error
     └── Fatal                stop the process and exit non-zero
         └── ConfigError          bad configuration: exit 3, naming the key
 
@@ -83,6 +85,12 @@ class Rejected(BridgeError):
     def __init__(self, text: str, *, code: int | None = None, path: str | None = None) -> None:
         super().__init__(text, code=code)
         self.path = path
+
+
+class Undeliverable(Rejected):
+    """OSCC kept failing this message (1, 7, 5xx, timeouts) while it accepted others: give
+    up on it, dead-letter it with the last error (the text says so; OSCC did not reject
+    it in so many words)."""
 
 
 class Fatal(BridgeError):

@@ -1,4 +1,4 @@
-"""Ordering and flow control for the consumer: per-key lanes and the outage gate.
+"""Ordering for the consumer: per-key lanes.
 
 Lanes: items with the same key (a contact's ``source.id``, a stream response's ``id``) are
 worked one after the other, in the order they were added, by one task per key; different
@@ -12,9 +12,7 @@ Draining (`Lanes.drain`): lanes that are not *busy* (the worker is inside ``lane
 it has sent something it must hear back about) are cancelled at once; busy ones get a
 timeout to finish.
 
-The gate (`Gate`): open while OSCC answers. The first item to see a transient failure
-becomes the prober and retries with backoff; every other item waits at the gate until the
-prober succeeds, so an outage costs one request per backoff step, not one per message.
+Flow control while OSCC fails is the outage gate's (`bridge.gate`).
 """
 
 from __future__ import annotations
@@ -115,30 +113,3 @@ class Lanes(Generic[T]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         return len(pending)
-
-
-class Gate:
-    """Open while OSCC answers; closed behind the one prober while it does not."""
-
-    def __init__(self) -> None:
-        self._open = asyncio.Event()
-        self._open.set()
-        self._prober: object | None = None
-
-    async def wait(self, who: object) -> None:
-        """Return when the gate is open, or when `who` is the prober."""
-        while self._prober is not None and self._prober is not who:
-            await self._open.wait()
-
-    def failed(self, who: object) -> bool:
-        """Report a transient failure; True when `who` is (now) the prober."""
-        if self._prober is None:
-            self._prober = who
-            self._open.clear()
-        return self._prober is who
-
-    def release(self, who: object) -> None:
-        """OSCC answered `who` (or `who` gave up): let everyone through again."""
-        if self._prober is who:
-            self._prober = None
-            self._open.set()

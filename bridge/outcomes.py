@@ -27,7 +27,7 @@ import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
-from bridge import errors
+from bridge import errors, tracing
 from bridge.backoff import retry
 from bridge.delivery import Abandoned, MessageKind, Work
 from bridge.metrics import Metrics
@@ -188,6 +188,7 @@ class Reporter:
         """Publish the outcome to ``<c>.contact.accepted|rejected`` (contacts) and to the
         message's reply_to (both kinds); before the ack, so it is at least once."""
         c, out = self.connector, outcome(work.message, work.ids, code, reason)
+        tracing.outcome(code)
 
         def publish(key: str, exchange: str | None = None) -> Callable[[], Awaitable[None]]:
             return lambda: self._publisher.publish(

@@ -33,7 +33,7 @@ import structlog
 from aiohttp import hdrs, web
 from prometheus_client import Counter, Histogram
 
-from bridge import logs
+from bridge import logs, tracing
 from bridge.config import Config, ConnectorConfig
 from bridge.errors import BrokerUnavailable, Rejected
 from bridge.metrics import Metrics
@@ -236,8 +236,8 @@ def add_routes(
 ) -> None:
     """Mount ``POST /webhook/{connector}`` and ``POST /webhook/{connector}/{secret}``."""
     webhook = Webhook(config, publisher, metrics)
-    app.router.add_post("/webhook/{connector}", webhook.bare)
-    app.router.add_post("/webhook/{connector}/{secret}", webhook.with_secret)
+    app.router.add_post("/webhook/{connector}", tracing.server(webhook.bare))
+    app.router.add_post("/webhook/{connector}/{secret}", tracing.server(webhook.with_secret))
 
 
 def server_options(config: Config) -> dict[str, Any]:

@@ -2,15 +2,14 @@
 
 A Bridge is run against the real RabbitMQ (unique exchange prefix per test) and the
 simulator over real HTTP. Everything a test counts comes from the simulator's records,
-what the broker holds, or what the bridge serves over HTTP.
+what the broker holds, or what the bridge serves over HTTP. `wait_until` (from
+tests/harness.py, re-exported here) is how they wait.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -34,6 +33,7 @@ from bridge.config import (
 )
 from bridge.topology import Topology
 from tests.conftest import AMQP_URL
+from tests.harness import wait_until
 
 FB_TITLE, FB_TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
 
@@ -82,9 +82,15 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
     return json.dumps(str(value))  # JSON string escapes are a subset of TOML's
+
+
+def _toml_fields(obj: Any) -> list[str]:
+    """``key = value`` for each field of a config struct set (TOML has no null)."""
+    values = ((k, getattr(obj, k)) for k in obj.__struct_fields__)
+    return [f"{k} = {_toml_value(v)}" for k, v in values if v is not None]
 
 
 def config_toml(config: Config) -> str:
@@ -93,10 +99,10 @@ def config_toml(config: Config) -> str:
     for section in ("broker", "http", "oscc", "spool", "log"):
         lines.append(f"[{section}]")
         obj = getattr(config, section)
-        lines += [f"{k} = {_toml_value(getattr(obj, k))}" for k in obj.__struct_fields__]
+        lines += _toml_fields(obj)
     for c in config.connectors:
         lines.append("[[connectors]]")
-        lines += [f"{k} = {_toml_value(getattr(c, k))}" for k in c.__struct_fields__]
+        lines += _toml_fields(c)
     return "\n".join(lines) + "\n"
 
 
@@ -183,17 +189,6 @@ class Watch:
         return [s for s in self.seen if s.routing_key.startswith(prefix)]
 
 
-async def wait_until(
-    condition: Callable[[], object], within: float = 20.0, what: str = "condition"
-) -> None:
-    """Poll `condition` for `within` seconds (AssertionError naming `what` if it never holds)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {within} s")
-        await asyncio.sleep(0.02)
-
-
 async def http_get(url: str) -> tuple[int, str, str]:
     """GET `url`: status, content type, body text."""
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
@@ -210,19 +205,22 @@ async def wait_http(
     url: str, want: int, within: float = 20.0, check: Callable[[Any], bool] | None = None
 ) -> Any:
     """Poll `url` until it answers `want` (and `check(body)` holds); return the JSON body."""
-    deadline = time.monotonic() + within
     last: Any = None
-    while True:
+
+    async def answered() -> tuple[Any] | None:
+        nonlocal last
         try:
             status, body = await get_json(url)
         except (aiohttp.ClientError, ValueError) as exc:
             status, body = -1, repr(exc)
         last = (status, body)
-        if status == want and (check is None or check(body)):
-            return body
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{url}: wanted {want}, last answer {last!r}")
-        await asyncio.sleep(0.05)
+        return (body,) if status == want and (check is None or check(body)) else None
+
+    try:
+        (body,) = await wait_until(answered, within, f"{url} answering {want}")
+    except TimeoutError:
+        raise AssertionError(f"{url}: wanted {want}, last answer {last!r}") from None
+    return body
 
 
 async def delete_topology(url: str, topology: Topology, connectors: Iterable[str]) -> None:

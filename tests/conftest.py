@@ -1,4 +1,5 @@
-"""Shared fixtures: the real RabbitMQ, a unique topology prefix per test."""
+"""Shared fixtures: the real RabbitMQ, private RabbitMQ nodes to take away, a unique
+topology prefix per test."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import structlog
 from hypothesis import settings
 
 from bridge import logs
+from tests.harness import PrivateBrokers, RabbitNode, node_script, private_nodes_unavailable
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -41,6 +43,29 @@ async def amqp() -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
         yield connection
     finally:
         await connection.close()
+
+
+@pytest.fixture(scope="session")
+def private_brokers() -> Iterator[PrivateBrokers]:
+    """Starts RabbitMQ nodes of this session's own (``shared/rabbitmq-node``), one or a
+    cluster, for tests that stop, restart or partition a broker; every one is stopped at
+    the end of the session. Skips the test where no node can be started here."""
+    reason = private_nodes_unavailable()
+    script = node_script()
+    if reason or script is None:
+        pytest.skip(reason or "no rabbitmq-node script")
+    brokers = PrivateBrokers(script, tag=f"oscc-{os.getpid()}")
+    try:
+        yield brokers
+    finally:
+        brokers.close()
+
+
+@pytest.fixture(scope="session")
+def chaos_node(private_brokers: PrivateBrokers) -> RabbitNode:
+    """The private node the chaos tests take away (``oscc-<pid>-chaos``), started once
+    per session; never the machine's broker on 5672."""
+    return private_brokers.node("chaos")
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""Test and benchmark helpers for the bridge as a separate process, and broker chaos.
+"""Test and benchmark helpers: waiting on facts, the bridge as a separate process, and
+RabbitMQ nodes of the tests' own for broker chaos.
+
+    await wait_until(lambda: len(got) == 3, 10, "three messages")   # poll with a deadline
 
     async with BridgeProcess(config_text, port=port, workdir=tmp) as bridge:
         await bridge.start()              # python -m bridge run --config F; waits for /readyz
@@ -7,12 +10,16 @@
         await bridge.start()              # same config file, so the same spool/dedupe dir
         rc = await bridge.stop()          # SIGTERM, drained, exit code
 
+    brokers = PrivateBrokers(node_script())   # the `private_brokers` session fixture
+    node = brokers.node("chaos")          # rabbitmq-node start oscc-<pid>-chaos PORT
     async with chaos_lock():              # flock /tmp/oscc-chaos.lock, as flock(1) does
-        async with broker_outage():       # rabbitmqctl stop_app ... start_app (always)
+        async with node.outage():         # stop_app ... start_app (always), on that node
             ...
+    brokers.close()                       # rabbitmq-node stop, for every node started
 
-Nothing here mocks anything: the process is the real entry point, the broker is the real
-RabbitMQ (``rabbitmqctl`` on this host).
+Nothing here mocks anything: the process is the real entry point, the brokers are real
+RabbitMQ nodes. Only the private ones are ever stopped: the machine's broker on 5672 is
+shared with everyone else's tests.
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ import asyncio
 import atexit
 import contextlib
 import fcntl
+import inspect
 import os
+import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,13 +61,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def wait_until(cond: Callable[[], object], within: float, what: str = "condition") -> None:
-    """Poll `cond` every 50 ms; TimeoutError naming `what` after `within` seconds."""
+async def wait_until(
+    cond: Callable[[], object], within: float = 20.0, what: str = "condition"
+) -> Any:
+    """Poll `cond` (a function or a coroutine function) every 20 ms until it returns
+    something true, and return that; TimeoutError naming `what` and the last value after
+    `within` seconds. The one way tests wait for a fact."""
     deadline = time.monotonic() + within
-    while not cond():
+    while True:
+        value = cond()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {within:.0f} s")
-        await asyncio.sleep(0.05)
+            raise TimeoutError(f"{what}: not within {within:g} s (last: {value!r})")
+        await asyncio.sleep(0.02)
 
 
 def proc_status_kb(pid: int, field: str) -> int | None:
@@ -85,12 +104,13 @@ def bridge_config(
     confirm_timeout: float = 5.0,
     log_level: str = "info",
     listen_for_events: bool = True,
+    amqp_url: str = AMQP_URL,
 ) -> str:
-    """TOML for a bridge on 127.0.0.1:`port` with exchange `prefix`; connectors are
-    (name, title, token)."""
+    """TOML for a bridge on 127.0.0.1:`port` with exchange `prefix` on the broker at
+    `amqp_url`; connectors are (name, title, token)."""
     text = f"""
 [broker]
-url = "{AMQP_URL}"
+url = "{amqp_url}"
 exchange = "{prefix}"
 prefetch = {prefetch}
 confirm_timeout = {confirm_timeout}
@@ -180,19 +200,21 @@ class BridgeProcess:
 
     async def wait_ready(self, within: float = 60.0) -> None:
         """Poll /readyz until 200; RuntimeError (with the log's tail) if the process exits."""
-        deadline = time.monotonic() + within
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            while True:
+
+            async def ready() -> bool:
                 if not self.running:
                     rc = self.proc.returncode if self.proc else None
                     raise RuntimeError(f"bridge exited with {rc}:\n{self.log_tail()}")
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     async with http.get(f"{self.url}/readyz") as r:
-                        if r.status == 200:
-                            return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"bridge not ready within {within} s:\n{self.log_tail()}")
-                await asyncio.sleep(0.1)
+                        return r.status == 200
+                return False
+
+            try:
+                await wait_until(ready, within, "bridge ready")
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}:\n{self.log_tail()}") from None
 
     async def status(self) -> dict[str, Any]:
         """GET /status."""
@@ -230,15 +252,16 @@ class BridgeProcess:
 # --- broker chaos ------------------------------------------------------------------------
 
 
-async def message_count(queue: str) -> int:
-    """Ready messages in `queue`, asked of the broker now (raises when it does not exist).
+async def message_count(queue: str, url: str = AMQP_URL) -> int:
+    """Ready messages in `queue` on the broker at `url`, asked now (raises when it does
+    not exist).
 
     On a connection of its own, and not with ``declare_queue(name, passive=True)``: on a
     robust channel aio-pika answers that from its cache when the channel declared the
     queue before (with the count of that declaration, or of the last reconnect's), and
     right after a reconnect a robust channel may still hold its closed predecessor.
     """
-    connection = await aio_pika.connect(AMQP_URL)
+    connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
         underlay = await channel.get_underlay_channel()
@@ -248,61 +271,220 @@ async def message_count(queue: str) -> int:
         await connection.close()
 
 
-async def rabbitmqctl(*args: str, within: float = 120.0) -> None:
-    """Run ``rabbitmqctl ARGS``; RuntimeError when it fails."""
+async def _run(argv: list[str], within: float = 120.0) -> str:
+    """Run `argv`; its stdout, or RuntimeError (with stderr) when it fails."""
     proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    _, err = await asyncio.wait_for(proc.communicate(), within)
+    out, err = await asyncio.wait_for(proc.communicate(), within)
     if proc.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: exit {proc.returncode}: {err!r}")
+        raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {err.decode()[-500:]}")
+    return out.decode()
 
 
-async def broker_up(within: float = 90.0) -> None:
-    """``start_app``, then wait until an AMQP connection is accepted again."""
-    await rabbitmqctl("start_app", within=within)
-    deadline = time.monotonic() + within
-    while True:
+async def close_connections_named(name: str, ctl: tuple[str, ...] = ("rabbitmqctl",)) -> int:
+    """Have the broker close every connection whose client-provided name is `name`;
+    how many it closed. `ctl` is the rabbitmqctl command line of the broker (the
+    machine's by default: closing one's own connection disturbs nobody else)."""
+    out = await _run(
+        [*ctl, "list_connections", "-q", "--no-table-headers", "pid", "client_properties"]
+    )
+    pids = [
+        line.split("\t", 1)[0]
+        for line in out.splitlines()
+        if f'{{"connection_name","{name}"}}' in line
+    ]
+    for pid in pids:
+        await _run([*ctl, "close_connection", pid, "test: connection taken away"])
+    return len(pids)
+
+
+# --- private RabbitMQ nodes --------------------------------------------------------------
+
+NODE_SCRIPT_VAR = "RABBITMQ_NODE_SCRIPT"
+DIST_OFFSET = 20000  # rabbitmq-node puts a node's Erlang distribution on PORT + 20000
+
+
+def node_script() -> Path | None:
+    """The project's ``rabbitmq-node`` helper: ``shared/rabbitmq-node`` beside the project
+    root (CI clones shared/ there; a worktree's ../shared links to it), else the file
+    $RABBITMQ_NODE_SCRIPT names; None when neither exists."""
+    candidates = [ROOT.parent / "shared" / "rabbitmq-node"]
+    if os.environ.get(NODE_SCRIPT_VAR):
+        candidates.append(Path(os.environ[NODE_SCRIPT_VAR]))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def private_nodes_unavailable() -> str | None:
+    """Why no private RabbitMQ node can be started here (a skip reason), or None."""
+    if shutil.which("rabbitmq-server") is None:
+        return "rabbitmq-server is not installed: no private RabbitMQ node to take away"
+    if node_script() is None:
+        return (
+            f"no rabbitmq-node script at {ROOT.parent / 'shared' / 'rabbitmq-node'} and "
+            f"${NODE_SCRIPT_VAR} names none: no private RabbitMQ node to take away"
+        )
+    return None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
         try:
-            connection = await aio_pika.connect(AMQP_URL, timeout=5)
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.3)
-        else:
-            await connection.close()
-            return
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
-_broker_stopped = False
+def free_node_port(low: int = 21000, high: int = 44000) -> int:
+    """A port P such that P (AMQP) and P + 20000 (distribution) are both free now.
+
+    Below the kernel's ephemeral range, so no outgoing connection takes it meanwhile."""
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(low, high)
+        if _port_free(port) and _port_free(port + DIST_OFFSET):
+            return port
+    raise RuntimeError(f"no free port pair in {low}..{high}")
 
 
-@contextlib.asynccontextmanager
-async def broker_outage() -> AsyncIterator[None]:
-    """RabbitMQ stopped (``stop_app``) for the body; ``start_app`` always runs after.
+class RabbitNode:
+    """A RabbitMQ node of the tests' own (``rabbitmq-node start NAME PORT [JOIN]``), that
+    they may stop, restart and disconnect without touching the machine's broker.
 
-    Should the event loop never get to the ``finally`` (a hard test timeout), a sync
-    ``start_app`` runs at interpreter exit instead (see `restore_broker`).
+        async with node.outage():          # stop_app ... start_app (always)
+            ...
+        await node.close_connections_named("oscc-bridge t-1234")
+        await node.ctl("list_queues")      # any rabbitmqctl command against this node
     """
-    global _broker_stopped
-    try:
-        _broker_stopped = True
-        await rabbitmqctl("stop_app")
-        yield
-    finally:
-        await broker_up()
-        _broker_stopped = False
+
+    def __init__(self, script: Path, name: str, port: int) -> None:
+        self.script = script
+        self.name = name
+        self.port = port
+        self.app_stopped = False
+
+    def __repr__(self) -> str:
+        return f"RabbitNode({self.name}@localhost on {self.port})"
+
+    @property
+    def url(self) -> str:
+        """Its AMQP URL (guest is allowed from loopback: the script says so)."""
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def ctl_argv(self) -> tuple[str, ...]:
+        """The command line prefix of ``rabbitmqctl`` against this node."""
+        return (str(self.script), "ctl", self.name)
+
+    def start(self, join: RabbitNode | None = None, within: float = 180.0) -> None:
+        """Start it (about 6 s), joined to `join`'s cluster if given; blocking, so a
+        synchronous session fixture can call it. RuntimeError with the script's output
+        when it fails."""
+        argv = [str(self.script), "start", self.name, str(self.port)]
+        if join is not None:
+            argv.append(join.name)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=within, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr[-800:]}")
+
+    def stop(self) -> None:
+        """Stop it and delete its data (the script never fails at that); blocking."""
+        subprocess.run(
+            [str(self.script), "stop", self.name], capture_output=True, timeout=120, check=False
+        )
+
+    async def ctl(self, *args: str, within: float = 120.0) -> str:
+        """``rabbitmqctl ARGS`` against this node; its stdout (RuntimeError if it fails)."""
+        return await _run([*self.ctl_argv, *args], within)
+
+    async def stop_app(self) -> None:
+        """``stop_app``: every connection drops, the node refuses new ones."""
+        self.app_stopped = True
+        await self.ctl("stop_app")
+
+    async def start_app(self, within: float = 90.0) -> None:
+        """``start_app``, then wait until an AMQP connection is accepted again."""
+        await self.ctl("start_app", within=within)
+        self.app_stopped = False
+        await wait_until(self._accepts, within, f"{self.name} accepting AMQP again")
+
+    async def _accepts(self) -> bool:
+        try:
+            connection = await aio_pika.connect(self.url, timeout=5)
+        except Exception:
+            return False
+        await connection.close()
+        return True
+
+    @contextlib.asynccontextmanager
+    async def outage(self) -> AsyncIterator[None]:
+        """The node's app stopped for the body; ``start_app`` always runs after."""
+        try:
+            await self.stop_app()
+            yield
+        finally:
+            await self.start_app()
+
+    def restore(self) -> None:
+        """``start_app`` if an outage did not finish (a hard test timeout cut it short);
+        blocking, safe to call any time."""
+        if self.app_stopped:
+            subprocess.run(
+                [*self.ctl_argv, "start_app"], capture_output=True, timeout=120, check=False
+            )
+            self.app_stopped = False
+
+    async def close_connections_named(self, name: str) -> int:
+        """Close every connection to this node whose client-provided name is `name`."""
+        return await close_connections_named(name, self.ctl_argv)
+
+    async def message_count(self, queue: str) -> int:
+        """Ready messages in `queue` on this node (see `message_count`)."""
+        return await message_count(queue, self.url)
 
 
-def restore_broker() -> None:
-    """``rabbitmqctl start_app`` if a `broker_outage` did not finish; safe to call anytime."""
-    global _broker_stopped
-    if _broker_stopped:
-        subprocess.run(["rabbitmqctl", "start_app"], check=False, capture_output=True)
-        _broker_stopped = False
+class PrivateBrokers:
+    """Starts private RabbitMQ nodes and clusters on demand and stops every one it started
+    at `close` (a session fixture's finalizer; also at interpreter exit, should that not
+    run). Node names are ``<tag>-<label>``, so parallel sessions never share one.
 
+        node = brokers.node("chaos")                 # one node
+        a, b, c = brokers.cluster("ha", 3)           # b and c joined a's cluster
+    """
 
-atexit.register(restore_broker)
+    def __init__(self, script: Path, tag: str | None = None) -> None:
+        self.script = script
+        self.tag = tag or f"oscc-{os.getpid()}"
+        self.nodes: list[RabbitNode] = []
+        self._by_label: dict[str, list[RabbitNode]] = {}
+        atexit.register(self.close)
+
+    def node(self, label: str) -> RabbitNode:
+        """The single node `label`, started on first use."""
+        return self.cluster(label, 1)[0]
+
+    def cluster(self, label: str, size: int) -> list[RabbitNode]:
+        """`size` nodes in one cluster, started on first use (the same ones after)."""
+        if label in self._by_label:
+            nodes = self._by_label[label]
+            assert len(nodes) == size, f"{label} has {len(nodes)} nodes, not {size}"
+            return nodes
+        nodes: list[RabbitNode] = []
+        for i in range(size):
+            name = f"{self.tag}-{label}" if size == 1 else f"{self.tag}-{label}-{i + 1}"
+            node = RabbitNode(self.script, name, free_node_port())
+            self.nodes.append(node)  # before start: a half-started node is stopped too
+            node.start(join=nodes[0] if nodes else None)
+            nodes.append(node)
+        self._by_label[label] = nodes
+        return nodes
+
+    def close(self) -> None:
+        """Stop every node started, last first; idempotent."""
+        while self.nodes:
+            self.nodes.pop().stop()
+        self._by_label.clear()
 
 
 @contextlib.asynccontextmanager
@@ -315,16 +497,16 @@ async def chaos_lock(within: float = 1800.0) -> AsyncIterator[None]:
         yield
         return
     fd = os.open(CHAOS_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+
+    def taken() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + within
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{CHAOS_LOCK} held for over {within} s") from None
-                await asyncio.sleep(0.5)
+        await wait_until(taken, within, f"{CHAOS_LOCK} free")
         try:
             yield
         finally:
@@ -367,35 +549,6 @@ def message(body: bytes, **kw: Any) -> aio_pika.Message:
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     """The value of one bridge metric sample, 0 when it was never observed."""
     return metrics.registry.get_sample_value(f"oscc_bridge_{name}", labels) or 0.0
-
-
-async def wait_for(cond: Callable[[], bool], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-async def close_connections_named(name: str) -> int:
-    """Have the broker close every connection whose client-provided name is `name`."""
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "list_connections", "-q", "--no-table-headers", "pid", "client_properties",
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, _ = await proc.communicate()
-    pids = [
-        line.split("\t", 1)[0]
-        for line in out.decode().splitlines()
-        if f'{{"connection_name","{name}"}}' in line
-    ]
-    for pid in pids:
-        closer = await asyncio.create_subprocess_exec(
-            "rabbitmqctl", "close_connection", pid, "test: connection taken away",
-            stdout=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        await closer.wait()
-    return len(pids)
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,7 @@ from bridge.config import BrokerConfig
 from bridge.metrics import Metrics
 from bridge.topology import Topology
 from tests.conftest import AMQP_URL
-from tests.harness import close_connections_named, sample, wait_for
+from tests.harness import close_connections_named, sample, wait_until
 
 C = "facebook"
 
@@ -59,8 +59,8 @@ async def test_not_connected_until_the_topology_is_declared_again(
             arguments={"x-queue-type": "classic", "x-max-length": 5},
         )
         assert await close_connections_named(f"oscc-bridge {topology.exchange}") == 1
-        await wait_for(lambda: sample(metrics, "broker_reconnects_total") == 1, within=30)
-        await wait_for(lambda: len(events(captured_logs, "broker.redeclare_failed")) >= 2)
+        await wait_until(lambda: sample(metrics, "broker_reconnects_total") == 1, within=30)
+        await wait_until(lambda: len(events(captured_logs, "broker.redeclare_failed")) >= 2)
         # The connection is back, the topology is not: not connected, not ready.
         assert not broker.connection.is_closed
         assert not broker.connected
@@ -91,7 +91,7 @@ async def test_the_first_node_that_answers_of_broker_urls(topology: Topology) ->
         assert broker.url == AMQP_URL
         await close_connections_named(f"oscc-bridge {topology.exchange}")
         # the reconnect tries the dead node first (the next one in turn), then this one
-        await wait_for(lambda: broker.connected, 30)
+        await wait_until(lambda: broker.connected, 30, "reconnected")
         assert broker.url == AMQP_URL
 
 
@@ -106,6 +106,6 @@ async def test_without_a_broker_start_returns_and_connects_later(topology: Topol
         assert not broker.up.is_set()
         with pytest.raises(RuntimeError, match="not connected yet"):
             broker.connection  # noqa: B018
-        await wait_for(lambda: broker.attempts >= 4, 10)  # retried, none fatal
+        await wait_until(lambda: broker.attempts >= 4, 10, "attempts")  # retried, none fatal
         assert not broker.failed.done()
         assert not broker.connected

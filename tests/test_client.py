@@ -60,7 +60,7 @@ class Stub:
         self.seen.append((request.path, dict(request.headers), await request.read()))
         status, body, delay = self.reply
         if delay:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # a slow OSCC: the delay is what is under test
         headers = {"Location": "https://elsewhere.example/"} if 300 <= status < 400 else {}
         return web.Response(
             status=status, body=body, content_type="application/json", headers=headers

@@ -13,7 +13,7 @@ import json
 import random
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ from bridge.session import SessionSupervisor
 from bridge.simulator import Simulator
 from bridge.topology import Topology
 from tests.conftest import AMQP_URL
-from tests.harness import message_count
+from tests.harness import message_count, wait_until
 
 C = "fb"
 TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
@@ -124,9 +124,11 @@ async def bridge(
     queue_type: str = "quorum",
     confirm_timeout: float = 5.0,
     sim: Simulator | None = None,
+    configure: Callable[[Config], Config] | None = None,
     **consumer_kw: Any,
 ) -> AsyncIterator[Bridge]:
-    """Simulator + supervisor + client + publisher + consumer, all real, one prefix."""
+    """Simulator + supervisor + client + publisher + consumer, all real, one prefix;
+    `configure` changes the configuration first."""
     async with contextlib.AsyncExitStack() as stack:
         if sim is None:
             sim = await stack.enter_async_context(
@@ -140,6 +142,8 @@ async def bridge(
             queue_type=queue_type,
             confirm_timeout=confirm_timeout,
         )
+        if configure is not None:
+            config = configure(config)
         topology = Topology(prefix, config.broker.queue_type)
         metrics = Metrics()
         connection = await aio_pika.connect_robust(AMQP_URL)
@@ -205,14 +209,29 @@ async def drain_queue(channel: AbstractChannel, name: str) -> list[AbstractIncom
 async def wait_queue(
     channel: AbstractChannel, name: str, count: int, within: float = 10.0
 ) -> list[AbstractIncomingMessage]:
+    """Take messages off `name` until there are `count` (or more)."""
     got: list[AbstractIncomingMessage] = []
-    deadline = asyncio.get_running_loop().time() + within
-    while len(got) < count:
-        got += await drain_queue(channel, name)
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"{name}: {len(got)} of {count} messages")
-        await asyncio.sleep(0.02)
+
+    async def enough() -> bool:
+        got.extend(await drain_queue(channel, name))
+        return len(got) >= count
+
+    await wait_until(enough, within, f"{count} messages in {name}")
     return got
+
+
+async def fence(b: Bridge, sources: list[int | str], within: float = 20.0) -> list[str]:
+    """The published ids OSCC accepted before a sentinel contact per source, published
+    now, was accepted (sentinels left out). A source's contacts go one after the other, so
+    anything its earlier contacts would still send (a late duplicate) comes before its
+    sentinel."""
+    ids = {f"po-{src}-fence" for src in sources}
+    for src in sources:
+        await b.publish(contact(src, 0, publishedObject__id=f"po-{src}-fence"))
+    await wait_until(
+        lambda: ids <= set(published_ids(b.sim.contacts(TITLE))), within, "the sentinels"
+    )
+    return [i for i in published_ids(b.sim.contacts(TITLE)) if i not in ids]
 
 
 def new_contacts(sim: Simulator) -> list[Any]:
@@ -254,10 +273,7 @@ async def test_1000_contacts_from_50_sources_arrive_once_in_order_through_faults
         await sim.wait_for(lambda: len(sim.contacts(TITLE)) >= n, timeout=45)
         await asyncio.wait_for(injector, 5)
         assert faults_done.is_set()
-        # let late duplicates, if any, show up
-        await asyncio.sleep(0.3)
-
-        got = published_ids(sim.contacts(TITLE))
+        got = await fence(b, list(range(sources)))
         counts = collections.Counter(got)
         lost = [i for i in order if i not in counts]
         duplicated = {i: k for i, k in counts.items() if k > 1}
@@ -271,7 +287,8 @@ async def test_1000_contacts_from_50_sources_arrive_once_in_order_through_faults
         assert codes[10] >= 2, "no session-loss answer was seen"
         registrations = [r for r in sim.records if r.endpoint == "registerConnector"]
         assert len(registrations) == 3  # the first, plus one per drop: single-flight
-        assert b.counter("forwards_total", connector=C, kind="contact", outcome="accepted") == n
+        accepted = b.counter("forwards_total", connector=C, kind="contact", outcome="accepted")
+        assert accepted == n + sources  # and the sentinels
         # every message acked: nothing left in the queue, nothing unacked
         assert await message_count(b.topology.contact_queue(C)) == 0
 
@@ -472,9 +489,8 @@ async def test_rejection_by_oscc_is_dead_lettered_not_retried(prefix: str, tmp_p
         assert dead[0].message_id == mid
         assert dead[0].headers["oscc-error-code"] == 12
         assert "OSCC answered 12" in dead[0].headers["oscc-dead-reason"]
-        await asyncio.sleep(0.2)
-        assert len(new_contacts(b.sim)) == 1  # tried once, never again
-        assert b.sim.contacts(TITLE) == []
+        assert await fence(b, [3]) == []
+        assert len(new_contacts(b.sim)) == 2  # tried once, never again; then the sentinel
 
 
 async def test_straight_to_the_queue_dead_letters_under_the_connector_key(
@@ -638,13 +654,10 @@ async def test_drain_leaves_unfinished_messages_at_the_head_in_order(
         # the broker requeues after close-ok, not before: wait until all 20 are back
         name = b.topology.contact_queue(C)
 
-        async def depth() -> int:
-            return await message_count(name)
+        async def all_back() -> bool:
+            return await message_count(name) >= len(ids)
 
-        deadline = asyncio.get_running_loop().time() + 10
-        while await depth() < len(ids):
-            assert asyncio.get_running_loop().time() < deadline, await depth()
-            await asyncio.sleep(0.02)
+        await wait_until(all_back, 10, f"all {len(ids)} requeued")
         left = await drain_queue(b.channel, name)
         assert [json.loads(m.body)["publishedObject"]["id"] for m in left] == ids
         assert sim.contacts(TITLE) == []
@@ -655,8 +668,8 @@ async def test_drain_lets_a_busy_message_finish(prefix: str, tmp_path: Path) -> 
         await b.supervisor.token(timeout=5)
         b.sim.faults.latency = 0.5
         await b.publish(contact(1, 1))
-        await b.sim.wait_for(lambda: b.consumer._lanes, timeout=5)
-        await asyncio.sleep(0.1)  # the POST is under way (latency 0.5 s)
+        await wait_until(lambda: b.sim.state.arrived["newContact"], 5, "the POST at OSCC")
+        assert b.sim.contacts(TITLE) == []  # under way: OSCC answers after 0.5 s
         await b.consumer.stop()
         assert published_ids(b.sim.contacts(TITLE)) == ["po-1-1"]
         assert await drain_queue(b.channel, b.topology.contact_queue(C)) == []

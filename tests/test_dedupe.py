@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.dedupe import FILE_NAME, DedupeStore
+from tests.harness import wait_until
 
 
 class Clock:
@@ -64,10 +65,11 @@ async def test_the_line_is_written_before_the_fsync_returns(
 ) -> None:
     """A SIGKILL right after `add` started cannot lose the key: the kernel has the line;
     only the fsync (against a power cut) is awaited."""
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
     real_fsync = os.fsync
 
     def slow_fsync(fd: int) -> None:
+        entered.set()
         release.wait(5)
         real_fsync(fd)
 
@@ -75,7 +77,7 @@ async def test_the_line_is_written_before_the_fsync_returns(
         monkeypatch.setattr(os, "fsync", slow_fsync)
         try:
             task = asyncio.create_task(store.add("early"))
-            await asyncio.sleep(0.05)
+            await wait_until(entered.is_set, 5, "the fsync under way")
             assert not task.done()  # still waiting for the fsync
             assert b"early" in (tmp_path / FILE_NAME).read_bytes()
         finally:

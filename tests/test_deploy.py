@@ -300,10 +300,11 @@ def compose() -> dict[str, Any]:
 
 def test_compose_services_and_healthchecks() -> None:
     services = compose()["services"]
-    assert set(services) == {"rabbitmq", "simulator", "bridge", "bridge-2"}
+    assert set(services) == {"rabbitmq", "simulator", "bridge", "bridge-2", "jaeger"}
     assert services["rabbitmq"]["image"].startswith("rabbitmq:3-management")
     for name, service in services.items():
-        assert service["healthcheck"]["test"][0] == "CMD", name
+        if "profiles" not in service:  # the demo's own services; Jaeger is an extra
+            assert service["healthcheck"]["test"][0] == "CMD", name
     sim, bridge = services["simulator"], services["bridge"]
     assert sim["command"] == ["simulator", "--host", "0.0.0.0", "--port", "8443"]
     assert sim["image"] == bridge["image"]
@@ -314,11 +315,16 @@ def test_compose_services_and_healthchecks() -> None:
     }
 
 
-def compose_bridge_config() -> config.Config:
-    """The bridge's configuration as the container sees it: mounted file plus env."""
+def compose_bridge_config(shell: dict[str, str] | None = None) -> config.Config:
+    """The bridge's configuration as the container sees it: mounted file plus env, whose
+    ``${VAR:-default}`` compose fills in from `shell` (the variables of who runs it)."""
     bridge = compose()["services"]["bridge"]
     [mount] = [v for v in bridge["volumes"] if v.endswith(":/etc/oscc-bridge/bridge.toml:ro")]
-    return config.load(ROOT / mount.split(":")[0], bridge["environment"])
+    env = {
+        k: re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: (shell or {}).get(m[1], m[2]), str(v))
+        for k, v in bridge["environment"].items()
+    }
+    return config.load(ROOT / mount.split(":")[0], env)
 
 
 def test_compose_bridge_config_points_at_the_services() -> None:
@@ -352,6 +358,22 @@ def test_compose_runs_two_bridges_each_with_its_own_spool() -> None:
     ]
     assert {p.split(":")[1] for p in one["ports"] + two["ports"]} == {"8080", "8081"}
     assert "deploy" not in two  # replicas would share one named volume
+
+
+def test_compose_tracing_profile_runs_jaeger_and_the_bridges_export_to_it() -> None:
+    services = compose()["services"]
+    jaeger = services["jaeger"]
+    assert jaeger["profiles"] == ["tracing"]
+    assert jaeger["image"].startswith("jaegertracing/all-in-one:")
+    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert "127.0.0.1:16686:16686" in jaeger["ports"]
+    for name in ("bridge", "bridge-2"):
+        env = services[name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318", name
+        assert "depends_on" not in services[name] or "jaeger" not in services[name]["depends_on"]
+    # off unless asked for (without the profile there is no Jaeger to export to)
+    assert not compose_bridge_config().tracing.enabled
+    assert compose_bridge_config({"OSCC_TRACING": "true"}).tracing.enabled
 
 
 def test_compose_healthchecks_probe_the_right_ports() -> None:

@@ -29,7 +29,6 @@ import http.client
 import json
 import os
 import threading
-import time
 import urllib.parse
 import uuid
 from collections import Counter
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aio_pika
+import aiohttp
 import msgspec
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
@@ -67,7 +67,7 @@ from bridge.session import SessionSupervisor
 from bridge.simulator import Simulator
 from bridge.spool import Spool
 from bridge.topology import Topology
-from tests.harness import message_count
+from tests.harness import message_count, wait_until
 
 _R = TypeVar("_R")
 
@@ -410,24 +410,30 @@ def test_model_fuzz(name: str, decode: Decoder, seeds: list[Any]) -> None:
     assert any(OUTCOMES[f"model.{name}.rejected_{code}"] for code in REJECT_CODES)
 
 
-@pytest.mark.parametrize(
-    "depth",
-    [10, 500, 1000, 100_000],
-)
+@pytest.mark.parametrize("depth", [10, codec.MAX_DEPTH + 1, 500, 1000, 100_000])
 def test_model_deep_nesting(depth: int) -> None:
-    """A JSON bomb (deep nesting) in an unknown field, in a known one, or as the body."""
+    """A JSON bomb (deep nesting) in an unknown field, in a known one, or as the body:
+    nested deeper than `codec.MAX_DEPTH` levels it is Rejected 11 wherever it sits (500
+    and 1000 levels decode fine without that limit: it is what rejects them); a shallow
+    nest in an unknown field is kept."""
     for name, decode, seeds in MODEL_CASES:
         for kind in ("list", "dict"):
             nest = _nest(depth, kind).text
             seed = json.dumps(seeds[0])
-            for data in (
-                seed[:-1] + ',"x_deep":' + nest + "}",
-                seed[:-1] + ',"source":' + nest + "}",
-                nest,
-            ):
+            forms = {
+                "unknown field": seed[:-1] + ',"x_deep":' + nest + "}",
+                "known field": seed[:-1] + ',"source":' + nest + "}",
+                "body": nest,
+            }
+            for form, data in forms.items():
                 CASES["model.deep_nesting"] += 1
                 outcome = check_decoder(decode, data.encode())
                 OUTCOMES[f"model.deep_nesting.{name}.{outcome}"] += 1
+                levels = depth if form == "body" else depth + 1
+                if levels > codec.MAX_DEPTH:
+                    assert outcome == "rejected_11", (name, kind, form, outcome)
+                elif form == "unknown field":
+                    assert outcome == "accepted", (name, kind, form, outcome)
 
 
 # ---------------------------------------------------------------------------------------
@@ -504,21 +510,28 @@ class WebhookHarness:
     async def stop(self) -> None:
         await self.stack.aclose()
 
-    async def drain(self, count: int, within: float = 15.0) -> list[AbstractIncomingMessage]:
-        """Exactly the messages published so far: wait for `count`, then for no more."""
+    async def fence(self, within: float = 15.0) -> list[AbstractIncomingMessage]:
+        """Exactly the messages published so far: those queued ahead of a sentinel event
+        posted now (through connector `S`, to the same publisher channel), which comes
+        behind anything the calls answered before it published. Sentinel left out."""
+        marker = f"fence-{uuid.uuid4().hex}"
+        sentinel = {"type": "OpenMediaEvent", "openMediaEventType": "EstablishedEvent",
+                    "contactID": marker, "agentID": "1"}  # fmt: skip
+        url = f"http://127.0.0.1:{self.port}/webhook/{S}/{SECRET}"
+        async with aiohttp.ClientSession() as http_, http_.post(url, json=sentinel) as r:
+            assert r.status == 200, await r.text()
         got: list[AbstractIncomingMessage] = []
-        deadline = time.monotonic() + within
-        while len(got) < count and time.monotonic() < deadline:
-            message = await self.queue.get(no_ack=True, fail=False)
-            if message is None:
-                await asyncio.sleep(0.02)
-            else:
+
+        def is_sentinel(message: AbstractIncomingMessage) -> bool:
+            return (message.headers or {}).get("oscc-contact-id") == marker
+
+        async def arrived() -> bool:
+            while (message := await self.queue.get(no_ack=True, fail=False)) is not None:
                 got.append(message)
-        # Anything beyond `count` that is already there or in flight shows up too.
-        await asyncio.sleep(0.2)
-        while (message := await self.queue.get(no_ack=True, fail=False)) is not None:
-            got.append(message)
-        return got
+            return any(map(is_sentinel, got))
+
+        await wait_until(arrived, within, "the sentinel event")
+        return [message for message in got if not is_sentinel(message)]
 
 
 @pytest.fixture
@@ -608,7 +621,7 @@ def test_webhook_fuzz(harness: tuple[LoopThread, WebhookHarness]) -> None:
     assert statuses[200] > 0
     assert statuses[400] > 0
 
-    published = thread.run(h.drain(statuses[200]))
+    published = thread.run(h.fence())
     assert h.spool.messages == 0, "something was spooled: the broker stopped confirming"
     assert h.publisher.connected
     assert len(published) == statuses[200]
@@ -624,7 +637,7 @@ def test_webhook_fuzz(harness: tuple[LoopThread, WebhookHarness]) -> None:
     good = json.dumps(INBOUND[0]).encode()
     with contextlib.closing(http.client.HTTPConnection("127.0.0.1", h.port, timeout=10)) as c2:
         assert post(c2, f"/webhook/{C}", good)[0] == 200
-    assert len(thread.run(h.drain(1))) == 1
+    assert len(thread.run(h.fence())) == 1
 
 
 def _expected_key(c: str, obj: Any) -> str:
@@ -703,22 +716,30 @@ class ConsumerHarness:
         )
         await self.exchange.publish(message, self.topology.contact_new_key(C), timeout=10)
 
-    async def settle(self, count: int, within: float = 15.0) -> list[AbstractIncomingMessage]:
-        """Dead letters, once accepted + dead-lettered reached `count` (or the deadline)."""
+    async def settle(self, sent: int, within: float = 15.0) -> list[AbstractIncomingMessage]:
+        """Every dead letter, once a valid sentinel contact published now reached OSCC and
+        accepted + dead-lettered reached `sent` + 1 (the sentinel); then the consumer is
+        stopped, so nothing more can reach OSCC or the dead-letter queue, and what did
+        after the count is taken too."""
+        sentinel = copy.deepcopy(NEW_CONTACTS[0])
+        marker = sentinel["publishedObject"]["id"] = f"fence-{uuid.uuid4().hex}"
+        await self.publish(json.dumps(sentinel).encode())
         queue = await self.channel.get_queue(self.topology.dead_queue(C), ensure=False)
         dead: list[AbstractIncomingMessage] = []
-        deadline = time.monotonic() + within
-        while len(self.sim.contacts(TITLE)) + len(dead) < count:
-            if time.monotonic() > deadline:
-                break
-            message = await queue.get(no_ack=True, fail=False)
-            if message is None:
-                await asyncio.sleep(0.02)
-            else:
+
+        async def take() -> None:
+            while (message := await queue.get(no_ack=True, fail=False)) is not None:
                 dead.append(message)
-        await asyncio.sleep(0.3)  # anything beyond `count` shows up too
-        while (message := await queue.get(no_ack=True, fail=False)) is not None:
-            dead.append(message)
+
+        async def settled() -> bool:
+            await take()
+            accepted = self.sim.contacts(TITLE)
+            ids = [body["publishedObject"]["id"] for body in accepted]
+            return marker in ids and len(accepted) + len(dead) >= sent + 1
+
+        await wait_until(settled, within, "the sentinel and every contact settled")
+        await self.consumer.stop()
+        await take()
         return dead
 
     async def pending(self) -> int:
@@ -757,21 +778,18 @@ def test_consumer_fuzz(consumer_harness: tuple[LoopThread, ConsumerHarness]) -> 
 
     run()
     assert sent >= max(EXAMPLES // 3, 1)
+    # The sentinel is a valid contact, published last: it getting through shows that the
+    # consumer still works after the fuzz, nothing stuck.
     dead = thread.run(h.settle(sent))
     accepted = h.sim.contacts(TITLE)
-    OUTCOMES["consumer.accepted"] += len(accepted)
+    OUTCOMES["consumer.accepted"] += len(accepted) - 1
     for message in dead:
         OUTCOMES[f"consumer.dead_{message.headers.get('oscc-error-code')}"] += 1
-    assert len(accepted) + len(dead) == sent, (len(accepted), len(dead), sent)
+    assert len(accepted) + len(dead) == sent + 1, (len(accepted), len(dead), sent)
+    assert thread.run(h.pending()) == 0  # the consumer stopped with nothing left over
     assert accepted, "no contact got through: the fuzzing tested only the rejections"
     for body in accepted:
         codec.decode_new_contact(body if isinstance(body, dict) else codec.encode(body))
     for message in dead:
         assert message.headers["oscc-error-code"] in REJECT_CODES, message.headers
         assert message.headers["oscc-connector"] == C
-
-    # The consumer still works: one more valid contact goes through, nothing is stuck.
-    before = len(h.sim.contacts(TITLE))
-    thread.run(h.publish(json.dumps(NEW_CONTACTS[0]).encode()))
-    thread.run(h.sim.wait_for(lambda: len(h.sim.contacts(TITLE)) == before + 1, timeout=10))
-    assert thread.run(h.pending()) == 0

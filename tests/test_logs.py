@@ -39,6 +39,7 @@ from tests.bridge_harness import (
     running_bridge,
     wait_http,
 )
+from tests.harness import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -263,17 +264,6 @@ async def _admin(http: aiohttp.ClientSession, url: str, method: str = "GET", **k
         return await resp.json()
 
 
-async def _poll(condition: Any, within: float = 20.0, what: str = "condition") -> Any:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() >= deadline:
-            raise AssertionError(f"{what}: not within {within} s")
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.timeout(90)
 async def test_no_secret_in_any_log_line_of_a_whole_run(
     prefix: str,
@@ -331,13 +321,13 @@ async def test_no_secret_in_any_log_line_of_a_whole_run(
             await wait_http(f"{base}/readyz", 200)
             for n in range(3):
                 await publish_json(channel, prefix, "fb.contact.new", new_contact(n))
-            await _poll(lambda: _is(accepted(), 3), what="3 contacts at OSCC")
+            await wait_until(lambda: _is(accepted(), 3), what="3 contacts at OSCC")
 
             async def disconnected() -> bool:
                 calls = await _admin(http, f"{admin}/webhook-calls?kind=disconnected")
                 return sum(1 for c in calls["webhook_calls"] if c["status"] == 200) == 3
 
-            await _poll(disconnected, what="3 scripts done")
+            await wait_until(disconnected, what="3 scripts done")
             calls = (await _admin(http, f"{admin}/webhook-calls"))["webhook_calls"]
             assert all(c["url"].endswith(f"/webhook/fb/{webhook_secret}") for c in calls)
             # a malformed call on the secret path is logged too (and answered 400)
@@ -348,7 +338,7 @@ async def test_no_secret_in_any_log_line_of_a_whole_run(
 
             # OSCC forgets the session: keepalive fails, the bridge registers again
             await _admin(http, f"{admin}/faults", "POST", json={"drop_sessions": True})
-            await _poll(lambda: _longer(registrations(), 2), what="re-registration")
+            await wait_until(lambda: _longer(registrations(), 2), what="re-registration")
             # the broker drops our connection: the bridge reconnects
             closed = await asyncio.to_thread(
                 subprocess.run,
@@ -357,10 +347,10 @@ async def test_no_secret_in_any_log_line_of_a_whole_run(
                 timeout=60,
             )
             assert closed.returncode == 0, closed.stderr
-            await _poll(lambda: _reconnected(bridge), within=30, what="publisher reconnected")
+            await wait_until(lambda: _reconnected(bridge), within=30, what="publisher reconnected")
             await wait_http(f"{base}/readyz", 200, within=30)
             await publish_json(channel, prefix, "fb.contact.new", new_contact(9))
-            await _poll(lambda: _is(accepted(), 4), within=30, what="contact after reconnect")
+            await wait_until(lambda: _is(accepted(), 4), within=30, what="contact after reconnect")
 
         records = (await _admin(http, f"{admin}/records"))["records"]
     out, err = capfd.readouterr()

@@ -193,7 +193,8 @@ async def test_renewal_keeps_one_lease_and_the_latest_session(contenders, prefix
     assert a.ownership.dropped == start  # never an extra lease
     assert await ready_leases(prefix) == 0  # the one lease is held
     await a.connection.close()
-    await wait_until(lambda: b.ownership.owner, 5, "b owns")
+    # owner turns true as the lease arrives; on_acquired runs right after
+    await wait_until(lambda: b.acquired, 5, "b acquired")
     assert b.acquired == ["s-2"]
 
 

@@ -27,7 +27,7 @@ from bridge.metrics import Metrics
 from bridge.publisher import Publisher
 from bridge.spool import Spool, SpoolRecord
 from bridge.topology import Topology, properties
-from tests.harness import close_connections_named, message_count, sample, wait_for
+from tests.harness import close_connections_named, message_count, sample, wait_until
 
 C = "facebook"
 
@@ -46,7 +46,7 @@ class Collector:
         self.messages.append(message)
 
     async def wait(self, n: int, within: float = 20.0) -> list[AbstractIncomingMessage]:
-        await wait_for(lambda: len(self.messages) >= n, within)
+        await wait_until(lambda: len(self.messages) >= n, within)
         return self.messages
 
     def numbers(self) -> list[int]:
@@ -192,8 +192,10 @@ async def test_lost_connection_spools_then_redeclares_and_replays_in_order(
         await channel.queue_delete(topology.contact_queue(C))  # an operator's mistake
 
         assert await close_connections_named(f"oscc-bridge {topology.exchange}") == 1
-        await wait_for(lambda: not pub.connected)
-        assert sample(metrics, "broker_connected") == 0
+        await wait_until(lambda: not pub.connected, 20, "the publisher disconnected")
+        # The gauge follows in the connection's close callback, which may run a moment
+        # after the channel shows closed.
+        await wait_until(lambda: sample(metrics, "broker_connected") == 0, 5, "gauge at 0")
         with pytest.raises(BrokerUnavailable):
             await pub.publish(f"{C}.event.x", b'{"n": -1}', connector=C)
         outcomes = [
@@ -204,7 +206,7 @@ async def test_lost_connection_spools_then_redeclares_and_replays_in_order(
         # between, so at least the first ones went to the spool.
         assert outcomes[0] == "spooled"
         await got.wait(21)
-        await wait_for(lambda: spool.messages == 0)
+        await wait_until(lambda: spool.messages == 0)
         assert got.numbers() == list(range(21))
         assert sample(metrics, "broker_reconnects_total") == 1
         assert sample(metrics, "broker_connected") == 1
@@ -260,7 +262,7 @@ async def test_replay_at_start_and_new_messages_queue_behind_it(
         outcomes = await asyncio.gather(*new)
         assert outcomes[0] == "spooled"  # the spool was not empty: behind it, not past it
         await got.wait(700)
-        await wait_for(lambda: spool.messages == 0)
+        await wait_until(lambda: spool.messages == 0)
     assert got.numbers() == list(range(700))
     first = got.messages[0]
     assert first.message_id == "old-0"
@@ -280,7 +282,7 @@ async def test_full_spool_while_disconnected_raises(
     ):
         _, got = await listen(amqp, topology, f"{C}.#")
         await close_connections_named(f"oscc-bridge {topology.exchange}")
-        await wait_for(lambda: not pub.connected)
+        await wait_until(lambda: not pub.connected)
         body = b'{"n": %d, "pad": "' + b"x" * 300 + b'"}'
         spooled = 0
         refused: BrokerUnavailable | None = None
@@ -303,7 +305,7 @@ async def test_publish_or_spool_without_a_spool_raises_when_disconnected(
 ) -> None:
     async with publishing(topology, Metrics()) as pub:
         await close_connections_named(f"oscc-bridge {topology.exchange}")
-        await wait_for(lambda: not pub.connected)
+        await wait_until(lambda: not pub.connected)
         with pytest.raises(BrokerUnavailable, match="not connected"):
             await pub.publish_or_spool(f"{C}.x", b"{}", connector=C)
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from bridge.oscc import codec, models
 from bridge.oscc.codes import ErrorCode
 from bridge.simulator import DEFAULT_CONNECTORS, Simulator, add_arguments, serve
+from tests.harness import wait_until
 
 TITLE = "facebook"
 TOKEN = "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"  # the guide's example token
@@ -215,14 +216,10 @@ async def webhook_server(hook: Hook) -> AsyncIterator[str]:
 async def poll(
     check: Callable[[], Awaitable[bool]],
     timeout: float = 10.0,  # noqa: ASYNC109 - a deadline poll, not a call to cancel
-    interval: float = 0.02,
 ) -> float:
     """Await `check()` until true; return the seconds it took; fail after `timeout`."""
     start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"not true within {timeout} s")
-        await asyncio.sleep(interval)
+    await wait_until(check, timeout, "the check")
     return time.monotonic() - start
 
 
@@ -335,7 +332,7 @@ async def test_keepalive_refreshes_the_session(http: aiohttp.ClientSession) -> N
             _, answer = await oscc.call("keepalive", {}, token=token)
             assert answer == {"type": "keepAlive", "errorCode": 0, "errorText": "NO_ERROR"}
             assert (await oscc.register())["errorCode"] == 2  # still held
-            await asyncio.sleep(ttl / 5)
+            await asyncio.sleep(ttl / 5)  # the keepalive cadence is what is under test
 
         # Without keepalives it expires.
         async def expired() -> bool:
@@ -1160,7 +1157,7 @@ async def test_strict_sessions_only_keepalive_keeps_a_session_alive(
             n += 1
             return await oscc.code("newContact", contact(n), token=token) == 10
 
-        waited = await poll(expired, timeout=5, interval=ttl / 5)
+        waited = await poll(expired, timeout=5)
         assert waited < 4 * ttl  # not kept alive by the contacts (they would for ever)
         assert n > 1  # some contacts went through first
         assert (await oscc.register())["errorCode"] == 0

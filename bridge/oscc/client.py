@@ -33,7 +33,7 @@ from typing import Any, Final, TypeVar
 import aiohttp
 import msgspec
 
-from bridge import errors
+from bridge import errors, tracing
 from bridge.config import OsccConfig, mask_url
 from bridge.lifecycle import Service
 from bridge.logs import get_logger, register_secret
@@ -174,6 +174,20 @@ class OsccClient(Service):
         if session_token is not None:
             register_secret(session_token)
             headers["Authorization"] = session_token
+        with tracing.http_client(self._urls[endpoint]) as span:
+            status, content, location = await self._exchange(endpoint, body, headers)
+            answer, raw = _parse(content, answer_type)
+            code = answer.error_code if answer is not None and "errorCode" in raw else None
+            tracing.http_answered(span, status, code)
+        self._count(endpoint, str(code) if code is not None else f"http_{status}")
+        self._log.debug("oscc.answer", endpoint=endpoint, status=status, error_code=code)
+        return self._judge(endpoint, status, answer, code, location)
+
+    async def _exchange(
+        self, endpoint: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, str | None]:
+        """POST `body`: OSCC's HTTP status, answer (bounded) and Location; Transient when
+        there is no answer."""
         started = time.monotonic()
         try:
             async with self._session().post(
@@ -216,11 +230,7 @@ class OsccClient(Service):
             self._metrics.oscc_duration.labels(self.connector, endpoint).observe(
                 time.monotonic() - started
             )
-        answer, raw = _parse(content, answer_type)
-        code = answer.error_code if answer is not None and "errorCode" in raw else None
-        self._count(endpoint, str(code) if code is not None else f"http_{status}")
-        self._log.debug("oscc.answer", endpoint=endpoint, status=status, error_code=code)
-        return self._judge(endpoint, status, answer, code, location)
+        return status, content, location
 
     async def _read_answer(self, endpoint: str, response: aiohttp.ClientResponse) -> bytes:
         """The whole answer body, whatever its framing (Content-Length or chunked, in

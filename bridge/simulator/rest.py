@@ -124,6 +124,7 @@ class OsccApi:
     async def handle(self, endpoint: str, request: web.Request) -> web.StreamResponse:
         """Run one REST call through the fault gate and its command; record it."""
         call = await _read(endpoint, request)
+        self.state.arrived[endpoint] += 1
         contact = contact_id(call.body) if endpoint == "newContact" else None
         if contact is not None:
             self.state.seen[contact] += 1

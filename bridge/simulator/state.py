@@ -132,6 +132,9 @@ class State:
     seen: Counter[str] = field(default_factory=Counter, repr=False)
     records: list[Record] = field(default_factory=list, repr=False)
     webhook_calls: list[WebhookCall] = field(default_factory=list, repr=False)
+    # endpoint -> REST calls received, counted on arrival (a record is made on answering,
+    # after any latency): tests wait on it for "the request is at OSCC, unanswered".
+    arrived: Counter[str] = field(default_factory=Counter, repr=False)
     # title -> webhookURL of its latest registration; outlives the session, so a contact
     # accepted before an OSCC restart still gets its reply once the connector is back.
     webhooks: dict[str, str] = field(default_factory=dict, repr=False)
@@ -218,3 +221,4 @@ class State:
         self.records.clear()
         self.webhook_calls.clear()
         self.seen.clear()
+        self.arrived.clear()

@@ -4,16 +4,17 @@ OSCC twice, except what no connector can protect: a contact OSCC accepted whose 
 reached the dedupe file when the process died (the answer was on its way back). The tests
 name that set exactly, from the dedupe file left behind, and check every duplicate is in it.
 
-The SIGKILL tests leave the broker alone. The broker-restart test takes RabbitMQ away
-(``rabbitmqctl stop_app``) under /tmp/oscc-chaos.lock, so it never overlaps another chaos
-test, and always restarts it::
+Every test here runs against a private RabbitMQ node of the session's own (the `broker`
+fixture, see tests/chaos/conftest.py), never the machine's shared one. The SIGKILL tests
+leave it alone; the broker-restart tests take it away (``stop_app``) under
+/tmp/oscc-chaos.lock, so their timing never overlaps another chaos test, and always
+restart it::
 
     flock /tmp/oscc-chaos.lock .venv/bin/python -m pytest -m chaos tests/chaos/test_egress_chaos.py
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import json
@@ -40,14 +41,13 @@ from bridge.publisher import Publisher
 from bridge.session import SessionSupervisor
 from bridge.simulator import Simulator
 from bridge.topology import Topology
-from tests.conftest import AMQP_URL
 from tests.harness import (
     BridgeProcess,
+    RabbitNode,
     bridge_config,
-    broker_outage,
     chaos_lock,
     free_port,
-    message_count,
+    wait_until,
 )
 
 pytestmark = pytest.mark.chaos
@@ -59,8 +59,9 @@ TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
 class Run:
     """One test's world: simulator, prefix, published contacts, bridge process."""
 
-    def __init__(self, sim: Simulator, prefix: str, tmp_path: Path) -> None:
+    def __init__(self, sim: Simulator, prefix: str, tmp_path: Path, broker: RabbitNode) -> None:
         self.sim = sim
+        self.broker = broker
         self.topology = Topology(prefix)
         self.spool = tmp_path / "spool"
         self.port = free_port()
@@ -73,6 +74,7 @@ class Run:
             keepalive=0.5,
             request_timeout=5.0,
             listen_for_events=False,
+            amqp_url=broker.url,
         )
         self.bridge = BridgeProcess(config, port=self.port, workdir=tmp_path / "bridge")
         self.message_ids: dict[str, str] = {}  # publishedObject.id -> message_id
@@ -128,6 +130,13 @@ class Run:
                     return float(sample.value)
         return 0.0
 
+    async def broker_lost(self) -> bool:
+        """The running bridge reports its broker connection lost (/status)."""
+        try:
+            return not (await self.bridge.status())["broker"]["connected"]
+        except aiohttp.ClientError:
+            return False
+
     def accepted(self) -> list[str]:
         return [b["publishedObject"]["id"] for b in self.sim.contacts(TITLE)]
 
@@ -150,8 +159,8 @@ class Run:
         await self.sim.wait_for(lambda: self.unique() >= unique, timeout=60)
         assert await self.bridge.kill() == -signal.SIGKILL
         # requests that reached the simulator before the kill are still answered (to
-        # nobody): wait until it has been quiet for a moment
-        await quiet(self.sim)
+        # nobody): wait for their records
+        await all_answered(self.sim)
         keys = self.remembered()
         return {
             po for po in set(self.accepted()) if f"contact:m:{self.message_ids[po]}" not in keys
@@ -174,21 +183,25 @@ class Run:
         return len(window), len(doubled)
 
 
-async def quiet(sim: Simulator, for_: float = 0.3) -> None:
-    seen = -1
-    while len(sim.records) != seen:
-        seen = len(sim.records)
-        await asyncio.sleep(for_)
+def answered(sim: Simulator) -> bool:
+    """Every REST call that reached the simulator has its record (made on answering)."""
+    return sum(sim.state.arrived.values()) == len(sim.records)
+
+
+async def all_answered(sim: Simulator) -> None:
+    """Wait until every call that reached the simulator was answered and recorded. Once
+    the bridge is stopped or killed, nothing else arrives: the records are final."""
+    await wait_until(lambda: answered(sim), 10, "every call at OSCC answered")
 
 
 @contextlib.asynccontextmanager
-async def world(prefix: str, tmp_path: Path) -> AsyncIterator[tuple[Run, Any]]:
+async def world(prefix: str, tmp_path: Path, broker: RabbitNode) -> AsyncIterator[tuple[Run, Any]]:
     # A killed bridge's session holds the connector (2 ALREADY_REGISTERED_ON) until it
     # expires, as in OSCC: a short session_ttl keeps the restart quick.
     sim = Simulator(connectors={TITLE: TOKEN}, port=0, agent=False, seed=0, session_ttl=2.0)
     async with sim:
-        connection = await aio_pika.connect_robust(AMQP_URL)
-        run = Run(sim, prefix, tmp_path)
+        connection = await aio_pika.connect_robust(broker.url)
+        run = Run(sim, prefix, tmp_path, broker)
         try:
             channel = await connection.channel()
             yield run, channel
@@ -198,48 +211,55 @@ async def world(prefix: str, tmp_path: Path) -> AsyncIterator[tuple[Run, Any]]:
             await connection.close()
             # On a connection of its own: the robust one may still be reconnecting after a
             # broker restart, and a failed delete would leave the queues behind.
-            cleanup = await aio_pika.connect(AMQP_URL)
+            cleanup = await aio_pika.connect(broker.url)
             await run.topology.delete(await cleanup.channel(), [C])
             await cleanup.close()
 
 
 async def test_sigkill_mid_stream_twice_nothing_lost_duplicates_only_in_the_crash_window(
-    prefix: str, tmp_path: Path
+    prefix: str, tmp_path: Path, broker: RabbitNode
 ) -> None:
     n, sources = 2000, 50
-    async with world(prefix, tmp_path) as (run, channel):
+    async with world(prefix, tmp_path, broker) as (run, channel):
         await run.publish(channel, n, sources)
         window: set[str] = set()
         for at in (400, 1200):
             window |= await run.kill_at(at)
         await run.bridge.start()
         await run.sim.wait_for(lambda: run.unique() == n, timeout=90)
-        await quiet(run.sim)
         assert await run.bridge.stop() == 0, run.bridge.log_tail()
+        await all_answered(run.sim)
         in_window, doubled = run.check(window)
         # the window is bounded by what can be in flight at once (prefetch 64 per kill)
         assert in_window <= 2 * 64
         print(f"\n2 SIGKILLs: crash window {in_window} contacts, {doubled} sent twice")
-        assert await message_count(run.topology.contact_queue(C)) == 0
-        assert await message_count(run.topology.dead_queue(C)) == 0
+        assert await run.broker.message_count(run.topology.contact_queue(C)) == 0
+        assert await run.broker.message_count(run.topology.dead_queue(C)) == 0
 
 
 async def test_sigkill_while_paused_then_restart_delivers_each_contact_exactly_once(
-    prefix: str, tmp_path: Path
+    prefix: str, tmp_path: Path, broker: RabbitNode
 ) -> None:
     """Killed while OSCC answers NOT_READY: 64 contacts are in flight (unacked) and none is
     between OSCC's answer and the dedupe file, so the restart must send each exactly once."""
     n, sources = 800, 20
-    async with world(prefix, tmp_path) as (run, channel):
+    async with world(prefix, tmp_path, broker) as (run, channel):
         await run.publish(channel, n, sources)
         await run.bridge.start()
         await run.sim.wait_for(lambda: run.unique() >= 300, timeout=60)
         run.sim.faults.not_ready(3600)
-        await run.sim.wait_for(
-            lambda: run.sim.records and run.sim.records[-1].error_code == 7, timeout=10
-        )
-        await quiet(run.sim)  # only the prober's backoff calls now
-        assert run.sim.records[-1].error_code == 7
+
+        def paused() -> bool:
+            """Only the prober's refused calls now: every call answered, the last with 7,
+            and every contact OSCC accepted before the pause remembered."""
+            keys = run.remembered()
+            return (
+                answered(run.sim)
+                and run.sim.records[-1].error_code == 7
+                and all(f"contact:m:{run.message_ids[po]}" in keys for po in run.accepted())
+            )
+
+        await wait_until(paused, 10, "the consumer paused")
         assert await run.bridge.kill() == -signal.SIGKILL
         accepted = set(run.accepted())
         keys = run.remembered()
@@ -247,20 +267,20 @@ async def test_sigkill_while_paused_then_restart_delivers_each_contact_exactly_o
         run.sim.faults.not_ready(0)
         await run.bridge.start()
         await run.sim.wait_for(lambda: run.unique() == n, timeout=60)
-        await quiet(run.sim)
         assert await run.bridge.stop() == 0, run.bridge.log_tail()
+        await all_answered(run.sim)
         assert run.check(set()) == (0, 0)
         assert len(run.accepted()) == n
         got = run.accepted()
         for s in range(sources):
             mine = [po for po in got if po.startswith(f"po-{s}-")]
             assert mine == [f"po-{s}-{k}" for k in range(n // sources)]
-        assert await message_count(run.topology.contact_queue(C)) == 0
+        assert await run.broker.message_count(run.topology.contact_queue(C)) == 0
 
 
 @pytest.mark.timeout(300)  # a broker stop and start can take a minute on a busy machine
 async def test_broker_restart_mid_stream_sends_each_contact_exactly_once(
-    prefix: str, tmp_path: Path
+    prefix: str, tmp_path: Path, broker: RabbitNode
 ) -> None:
     """RabbitMQ stops under the running bridge: acks are lost, in-flight contacts come back
     after the restart, and the dedupe store turns every one OSCC already has into an ack
@@ -268,40 +288,42 @@ async def test_broker_restart_mid_stream_sends_each_contact_exactly_once(
     n, sources = 1500, 50
     # The lock is held from the start: waiting for it mid-stream (another chaos test has
     # the broker) would let the stream finish before the outage.
-    async with chaos_lock(), world(prefix, tmp_path) as (run, channel):
+    async with chaos_lock(), world(prefix, tmp_path, broker) as (run, channel):
         await run.publish(channel, n, sources)
         await run.bridge.start()
         await run.sim.wait_for(lambda: run.unique() >= 400, timeout=60)
-        async with broker_outage():
+        async with broker.outage():
             at_stop = run.unique()
-            await asyncio.sleep(2.0)
+            await wait_until(run.broker_lost, 30, "the bridge noticed the broker gone")
         await run.wait(lambda: run.unique() == n, "every contact at OSCC", within=120)
-        await quiet(run.sim)
         assert at_stop < n, "the outage came too late to matter"
         assert await run.bridge.stop() == 0, run.bridge.log_tail()
+        await all_answered(run.sim)
         # What the bridge had not acked when it stopped is back in the queue: contacts OSCC
         # already has. Counted with no consumer attached, every one must come back as a
         # duplicate on the next run, and not one may reach OSCC again.
-        left = await message_count(run.topology.contact_queue(C))
+        left = await run.broker.message_count(run.topology.contact_queue(C))
         await run.bridge.start()
-        deadline = asyncio.get_running_loop().time() + 60
-        while (seen := await run.duplicates()) < left:
-            if asyncio.get_running_loop().time() > deadline:
-                tail = run.bridge.log_tail(60)
-                pytest.fail(f"{seen} of {left} redelivered contacts acked\n{tail}")
-            await asyncio.sleep(0.2)
-        assert seen == left
-        await quiet(run.sim)
+
+        async def acked_all() -> bool:
+            return await run.duplicates() >= left
+
+        try:
+            await wait_until(acked_all, 60, f"all {left} redelivered contacts acked")
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}\n{run.bridge.log_tail(60)}")
+        assert await run.duplicates() == left
         assert await run.bridge.stop() == 0, run.bridge.log_tail()
+        await all_answered(run.sim)
         print(f"\nbroker restart: {left} contacts still queued at the stop, all duplicates")
         assert run.check(set()) == (0, 0)
         assert len(run.accepted()) == n  # not one contact twice
-        assert await message_count(run.topology.contact_queue(C)) == 0
-        assert await message_count(run.topology.dead_queue(C)) == 0
+        assert await run.broker.message_count(run.topology.contact_queue(C)) == 0
+        assert await run.broker.message_count(run.topology.dead_queue(C)) == 0
 
 
 async def test_consumer_start_gives_up_when_the_broker_went_away_first(
-    prefix: str, tmp_path: Path
+    prefix: str, tmp_path: Path, broker: RabbitNode
 ) -> None:
     """RabbitMQ gone between the publisher's connect and the consumer's start (a broker
     restart during a deploy). start() raises BrokerUnavailable, at once or after
@@ -321,27 +343,28 @@ async def test_consumer_start_gives_up_when_the_broker_went_away_first(
                 spool_dir=tmp_path,
                 connectors=[(C, TITLE, TOKEN)],
                 listen_for_events=False,
+                amqp_url=broker.url,
             ),
             env={},
         )
         try:
             async with (
-                Broker(config.broker, topology, connectors=[C], metrics=metrics) as broker,
-                Publisher(broker) as pub,
+                Broker(config.broker, topology, connectors=[C], metrics=metrics) as link,
+                Publisher(link) as pub,
                 OsccClient(config.oscc, connector=C, metrics=metrics) as client,
             ):
                 supervisor = SessionSupervisor(config, config.connectors[0], client, metrics)
                 consumer = Consumer(
-                    config, config.connectors[0], broker, pub, supervisor, client, metrics,
+                    config, config.connectors[0], link, pub, supervisor, client, metrics,
                     start_timeout=2.0,
                 )  # fmt: skip
-                async with broker_outage():
+                async with broker.outage():
                     started = time.monotonic()
                     with pytest.raises(BrokerUnavailable, match="consumer of 'fb' started"):
                         await consumer.start()
                     took = time.monotonic() - started
         finally:
-            connection = await aio_pika.connect(AMQP_URL)
+            connection = await aio_pika.connect(broker.url)
             await topology.delete(await connection.channel(), [C])
             await connection.close()
     assert took < 10.0, took

@@ -1,8 +1,9 @@
 """Chaos: the broker goes away under webhook traffic, and nothing OSCC sent is lost.
 
-These tests stop RabbitMQ (``rabbitmqctl stop_app``; ``start_app`` always runs in a
-finally) or SIGKILL the bridge. They disturb everything else on the broker, so run them
-alone and serialized::
+These tests stop RabbitMQ (``stop_app``; ``start_app`` always runs in a finally) or
+SIGKILL the bridge. The broker they stop is a private node of the session's own (the
+`broker` fixture, see tests/chaos/conftest.py), never the machine's shared one; they still
+take /tmp/oscc-chaos.lock, so their timing is not disturbed by other chaos runs::
 
     flock /tmp/oscc-chaos.lock .venv/bin/python -m pytest -m chaos tests/chaos/test_ingress_chaos.py
 """
@@ -14,7 +15,7 @@ import contextlib
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,44 +34,31 @@ from bridge.topology import Topology
 from bridge.webhook import add_routes, server_options
 from tests.harness import (
     BridgeProcess,
+    RabbitNode,
     bridge_config,
-    broker_outage,
-    broker_up,
     chaos_lock,
     free_port,
-    message_count,
-    rabbitmqctl,
+    sample,
+    wait_until,
 )
 
 pytestmark = pytest.mark.chaos
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 C = "facebook"
 
 
 @pytest.fixture(autouse=True)
 async def _broker_to_ourselves() -> AsyncIterator[None]:
-    """Each test here takes RabbitMQ away: never at the same time as another chaos test."""
+    """Each test here takes a broker away: never at the same time as another chaos test."""
     async with chaos_lock():
         yield
 
 
-async def wait_for(cond: Callable[[], bool], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-def sample(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(f"oscc_bridge_{name}", labels) or 0.0
-
-
-def config_for(prefix: str, spool_dir: Path) -> Config:
+def config_for(prefix: str, spool_dir: Path, amqp_url: str) -> Config:
     return parse(
         f"""
 [broker]
+url = "{amqp_url}"
 exchange = "{prefix}"
 confirm_timeout = 5
 [spool]
@@ -109,7 +97,7 @@ async def lane(
     for k, seq in enumerate(seqs):
         delay = start + k / rate - time.monotonic()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # the pace of the traffic: part of the scenario
         body = {
             "type": "OpenMediaEvent",
             "openMediaEventType": "EstablishedEvent",
@@ -146,24 +134,33 @@ async def webhook_bridge(config: Config, metrics: Metrics) -> AsyncIterator[tupl
             await runner.cleanup()
 
 
-async def drain(queue_name: str, expected: int, within: float = 120.0) -> list[tuple[int, str]]:
-    """Wait until `queue_name` holds `expected` messages (or more), then take them all:
-    (seq, message_id) in queue order."""
-    connection = await aio_pika.connect(AMQP_URL)
+SENTINEL = -1  # the seq of the sentinel event `fenced` posts
+
+
+async def fenced(
+    http: aiohttp.ClientSession,
+    webhook_url: str,
+    amqp_url: str,
+    queue_name: str,
+    within: float = 120.0,
+) -> list[tuple[int, str]]:
+    """Post a sentinel event, wait until it is in `queue_name`, and take everything there:
+    (seq, message_id) in queue order, the sentinel left out. The bridge publishes in the
+    order it answered, spool replay included, so whatever the calls answered before the
+    sentinel published (a duplicate too) is queued ahead of it."""
+    await post_events(http, webhook_url, [SENTINEL], [])
+    connection = await aio_pika.connect(amqp_url)
     try:
-        channel = await connection.channel()
-        deadline = time.monotonic() + within
-        while True:
-            count = await message_count(queue_name)
-            if count >= expected or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(0.5)  # a duplicate would be right behind
-        bodies = []
-        queue = await channel.declare_queue(queue_name, passive=True)
-        while (m := await queue.get(no_ack=True, fail=False)) is not None:
-            bodies.append((json.loads(m.body)["seq"], m.message_id or ""))
-        return bodies
+        queue = await (await connection.channel()).declare_queue(queue_name, passive=True)
+        got: list[tuple[int, str]] = []
+
+        async def sentinel_taken() -> bool:
+            while (m := await queue.get(no_ack=True, fail=False)) is not None:
+                got.append((json.loads(m.body)["seq"], m.message_id or ""))
+            return any(seq == SENTINEL for seq, _ in got)
+
+        await wait_until(sentinel_taken, within, f"the sentinel in {queue_name}")
+        return [(seq, mid) for seq, mid in got if seq != SENTINEL]
     finally:
         await connection.close()
 
@@ -182,15 +179,15 @@ def check_order(calls: list[Sent], arrived: list[int]) -> None:
 
 
 async def test_broker_stop_and_start_under_webhook_traffic_loses_nothing(
-    prefix: str, tmp_path: Path
+    prefix: str, tmp_path: Path, broker: RabbitNode
 ) -> None:
     total, lanes, rate = 2000, 4, 150.0  # 150 webhooks/s in all, 4 contacts in parallel
-    config = config_for(prefix, tmp_path / "spool")
+    config = config_for(prefix, tmp_path / "spool", broker.url)
     metrics = Metrics()
     topology = Topology(prefix, config.broker.queue_type)
     sink = f"{prefix}.chaos-sink"
     traffic = Traffic()
-    setup = await aio_pika.connect(AMQP_URL)
+    setup = await aio_pika.connect(broker.url)
     try:
         async with webhook_bridge(config, metrics) as (url, spool):
             # A durable classic queue keeps what it got across stop_app/start_app.
@@ -208,27 +205,29 @@ async def test_broker_stop_and_start_under_webhook_traffic_loses_nothing(
                 ]
                 stopped = False
                 try:
-                    await wait_for(lambda: traffic.done >= total * 0.25)
-                    await rabbitmqctl("stop_app")
+                    await wait_until(lambda: traffic.done >= total * 0.25, 60, "a quarter sent")
+                    await broker.stop_app()
                     stopped = True
                     during = traffic.done
-                    await asyncio.sleep(4)  # webhooks keep coming while the broker is away
-                    assert traffic.done > during + 100, "the webhook stalled without a broker"
-                    await broker_up()
+                    # The webhook keeps answering while the broker is away (some 2 s).
+                    await wait_until(
+                        lambda: traffic.done > during + 300, 30, "answers without a broker"
+                    )
+                    await broker.start_app()
                     stopped = False
                     await asyncio.gather(*senders)
                 finally:
                     if stopped:
-                        await broker_up()
+                        await broker.start_app()
                     for s in senders:
                         s.cancel()
+                await wait_until(lambda: spool.messages == 0, 60, "the spool replayed")
+                got = await fenced(http, url, broker.url, sink)
             assert per_lane * lanes == total
-            got = await drain(sink, total)
-            await wait_for(lambda: spool.messages == 0)
     finally:
         with contextlib.suppress(Exception):
             await setup.close()
-        cleanup = await aio_pika.connect(AMQP_URL)
+        cleanup = await aio_pika.connect(broker.url)
         ch = await cleanup.channel()
         await ch.queue_delete(sink)
         await topology.delete(ch, [C])
@@ -270,7 +269,7 @@ async def test_broker_stop_and_start_under_webhook_traffic_loses_nothing(
 TOKEN = "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
 
 
-def new_bridge(tmp_path: Path, prefix: str, oscc_url: str) -> BridgeProcess:
+def new_bridge(tmp_path: Path, prefix: str, oscc_url: str, amqp_url: str) -> BridgeProcess:
     """A bridge subprocess for connector C; started again after a kill, it runs on the
     same port and spool directory (so it resumes its session and replays its spool)."""
     port = free_port()
@@ -280,17 +279,18 @@ def new_bridge(tmp_path: Path, prefix: str, oscc_url: str) -> BridgeProcess:
         port=port,
         spool_dir=tmp_path / "spool",
         connectors=[(C, "facebook", TOKEN)],
+        amqp_url=amqp_url,
     )
     return BridgeProcess(config, port=port, workdir=tmp_path / "bridge")
 
 
 @contextlib.asynccontextmanager
-async def event_sink(prefix: str) -> AsyncIterator[tuple[Topology, str]]:
+async def event_sink(prefix: str, url: str) -> AsyncIterator[tuple[Topology, str]]:
     """The topology of `prefix` and a durable queue bound to C's events (it keeps what it
     got across stop_app/start_app); all deleted afterwards."""
     topology = Topology(prefix, "quorum")
     sink = f"{prefix}.chaos-sink"
-    connection = await aio_pika.connect(AMQP_URL)
+    connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
         await topology.declare(channel, [C])
@@ -301,7 +301,7 @@ async def event_sink(prefix: str) -> AsyncIterator[tuple[Topology, str]]:
     try:
         yield topology, sink
     finally:
-        cleanup = await aio_pika.connect(AMQP_URL)  # the first one did not live through
+        cleanup = await aio_pika.connect(url)  # the first one did not live through
         channel = await cleanup.channel()
         await channel.queue_delete(sink)
         await topology.delete(channel, [C])
@@ -309,7 +309,7 @@ async def event_sink(prefix: str) -> AsyncIterator[tuple[Topology, str]]:
 
 
 async def post_events(
-    http: aiohttp.ClientSession, url: str, seqs: range, answered: list[int]
+    http: aiohttp.ClientSession, url: str, seqs: Iterable[int], answered: list[int]
 ) -> None:
     """Post one after the other; record the seqs answered 200 (stop at the first error)."""
     for seq in seqs:
@@ -325,13 +325,13 @@ async def post_events(
 
 
 async def test_sigkill_with_a_full_spool_then_restart_delivers_everything(
-    prefix: str, tmp_path: Path
+    prefix: str, tmp_path: Path, broker: RabbitNode
 ) -> None:
     answered: list[int] = []
     async with (
         Simulator({"facebook": TOKEN}, agent=False) as sim,
-        event_sink(prefix) as (_, sink),
-        new_bridge(tmp_path, prefix, sim.url) as bridge,
+        event_sink(prefix, broker.url) as (_, sink),
+        new_bridge(tmp_path, prefix, sim.url, broker.url) as bridge,
     ):
         stopped = False
         try:
@@ -340,25 +340,25 @@ async def test_sigkill_with_a_full_spool_then_restart_delivers_everything(
             async with aiohttp.ClientSession() as http:
                 await post_events(http, url, range(0, 100), answered)  # published
                 assert answered == list(range(100))
-                await rabbitmqctl("stop_app")
+                await broker.stop_app()
                 stopped = True
                 await post_events(http, url, range(100, 400), answered)  # spooled
                 assert answered == list(range(400)), "the webhook refused while spooling"
                 # Killed mid-traffic: whatever was answered 200 before must survive.
                 sender = asyncio.create_task(post_events(http, url, range(400, 1000), answered))
-                await wait_for(lambda: len(answered) >= 450)
+                await wait_until(lambda: len(answered) >= 450, 60, "450 answered")
                 await bridge.kill()
                 await sender
-                await broker_up()
+                await broker.start_app()
                 stopped = False
                 await bridge.start()  # same port and spool
                 last_answered = answered[-1]
                 await post_events(http, url, range(1000, 1100), answered)
                 assert answered[-100:] == list(range(1000, 1100))
-            got = await drain(sink, len(answered))
+                got = await fenced(http, url, broker.url, sink)
         finally:
             if stopped:
-                await broker_up()
+                await broker.start_app()
 
     arrived = [seq for seq, _ in got]
     missing = sorted(set(answered) - set(arrived))
@@ -375,7 +375,7 @@ async def test_sigkill_with_a_full_spool_then_restart_delivers_everything(
 
 
 async def test_sigterm_while_the_broker_is_down_exits_promptly_and_keeps_the_spool(
-    prefix: str, tmp_path: Path
+    prefix: str, tmp_path: Path, broker: RabbitNode
 ) -> None:
     """An operator restarts the bridge during a RabbitMQ outage (a rollout, a node drain):
     SIGTERM ends it promptly with exit 0, and what it spooled goes out after the next
@@ -383,21 +383,21 @@ async def test_sigterm_while_the_broker_is_down_exits_promptly_and_keeps_the_spo
     answered: list[int] = []
     async with (
         Simulator({"facebook": TOKEN}, agent=False) as sim,
-        event_sink(prefix) as (_, sink),
-        new_bridge(tmp_path, prefix, sim.url) as bridge,
+        event_sink(prefix, broker.url) as (_, sink),
+        new_bridge(tmp_path, prefix, sim.url, broker.url) as bridge,
     ):
         await bridge.start()
         url = f"{bridge.url}/webhook/{C}"
         async with aiohttp.ClientSession() as http:
             await post_events(http, url, range(0, 50), answered)
-            async with broker_outage():
+            async with broker.outage():
                 await post_events(http, url, range(50, 250), answered)
                 assert answered == list(range(250)), "the webhook refused while spooling"
                 started = time.monotonic()
                 code = await bridge.kill(signal.SIGTERM, within=60)
                 took = time.monotonic() - started
             await bridge.start()
-        got = await drain(sink, len(answered))
+            got = await fenced(http, url, broker.url, sink)
 
     assert code == 0, bridge.log_tail(10)
     # Nothing to wait for: no contact is in flight, and a bounded wait on a dead broker

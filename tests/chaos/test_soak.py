@@ -16,8 +16,9 @@ Faults, once per cycle of 60 s (scaled down when SOAK_SECONDS is shorter), one a
 for the broker and the process: 5xx window, latency window, RabbitMQ stop_app/start_app,
 NOT_READY window, every session dropped, the bridge SIGKILLed and restarted (in the first
 half of the cycles only, so that the last bridge process runs through the second half and
-its memory can be watched over minutes in the 10-minute run). The whole test holds
-/tmp/oscc-chaos.lock.
+its memory can be watched over minutes in the 10-minute run). RabbitMQ is a private node
+of the session's own (the `broker` fixture), never the machine's shared one; the whole
+test holds /tmp/oscc-chaos.lock all the same, so other chaos runs do not skew its timing.
 
 Then it waits (with a deadline) until everything settled, prints a report and asserts:
 every contact reached OSCC exactly once and in per-source order (except a contact OSCC
@@ -41,7 +42,6 @@ import contextlib
 import os
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,21 +50,18 @@ import aio_pika
 import msgspec
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
-from harness import (
-    AMQP_URL,
-    ROOT,
-    BridgeProcess,
-    bridge_config,
-    broker_outage,
-    chaos_lock,
-    free_port,
-    restore_broker,
-    wait_until,
-)
 
 from bridge.simulator import Simulator, WebhookCall
 from bridge.topology import Topology
-from tests.harness import message_count
+from tests.harness import (
+    ROOT,
+    BridgeProcess,
+    RabbitNode,
+    bridge_config,
+    chaos_lock,
+    free_port,
+    wait_until,
+)
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 RATE = float(os.environ.get("SOAK_RATE", "20"))  # contacts per second, all sources together
@@ -167,7 +164,7 @@ async def source(
         if due >= end:
             return
         if (delay := due - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # the traffic's rate: part of the scenario
         mid, body = contact(run, src, seq)
         message = aio_pika.Message(
             body, message_id=mid, content_type="application/json", delivery_mode=2
@@ -181,7 +178,7 @@ async def source(
             except Exception:
                 # Broker away or confirm lost: the same message again (the bridge dedupes).
                 run.publish_retries += 1
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # a back-end's retry pause: part of the scenario
         run.published[mid] = (src, seq)
         seq += 1
 
@@ -247,7 +244,9 @@ def backend_handler(run: Run, channel: aio_pika.abc.AbstractChannel) -> Any:
 # --- faults --------------------------------------------------------------------------------
 
 
-async def faults(run: Run, sim: Simulator, bridge: BridgeProcess, start: float) -> None:
+async def faults(
+    run: Run, sim: Simulator, bridge: BridgeProcess, broker: RabbitNode, start: float
+) -> None:
     """Inject the cycle's faults, one after the other, each restored before the next."""
     scale = CYCLE / 60.0
     plan: list[tuple[float, str]] = [
@@ -260,32 +259,34 @@ async def faults(run: Run, sim: Simulator, bridge: BridgeProcess, start: float) 
         for offset, fault in plan:
             due = start + cycle * CYCLE + offset * scale
             if (delay := due - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # the fault schedule: part of the scenario
             if fault not in ENABLED or (fault == "sigkill" and cycle >= kill_cycles):
                 continue
             run.faults[fault] += 1
-            await inject(run, sim, bridge, fault, scale)
+            await inject(run, sim, bridge, broker, fault, scale)
 
 
-async def inject(run: Run, sim: Simulator, bridge: BridgeProcess, fault: str, scale: float) -> None:
+async def inject(
+    run: Run, sim: Simulator, bridge: BridgeProcess, broker: RabbitNode, fault: str, scale: float
+) -> None:
     """One fault, for its window (the window is the fault's length, not a wait)."""
     match fault:
         case "5xx":
             sim.faults.error_5xx_rate = 0.2
             try:
-                await asyncio.sleep(6 * scale)
+                await asyncio.sleep(6 * scale)  # the fault window
             finally:
                 sim.faults.error_5xx_rate = 0.0
         case "latency":
             sim.faults.latency = 0.15
             try:
-                await asyncio.sleep(5 * scale)
+                await asyncio.sleep(5 * scale)  # the fault window
             finally:
                 sim.faults.latency = 0.0
         case "broker":
             began = time.monotonic()
-            async with broker_outage():
-                await asyncio.sleep(5 * scale)
+            async with broker.outage():
+                await asyncio.sleep(5 * scale)  # the outage window
             run.outages.append(time.monotonic() - began)
         case "not_ready":
             sim.faults.not_ready(4 * scale)
@@ -304,7 +305,7 @@ async def inject(run: Run, sim: Simulator, bridge: BridgeProcess, fault: str, sc
 async def sample(run: Run, bridge: BridgeProcess) -> None:
     """Every 2 s: RSS of the bridge and its spool depth, while it runs."""
     while True:
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # the sampling period
         rss = bridge.rss_kb()
         if rss is None:
             continue  # between a SIGKILL and the restart
@@ -316,26 +317,22 @@ async def sample(run: Run, bridge: BridgeProcess) -> None:
 # --- the test ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def broker_restored() -> Iterator[None]:
-    """RabbitMQ running again after the test, even if a timeout cut an outage short."""
-    yield
-    restore_broker()
-
-
 @pytest.mark.timeout(SOAK_SECONDS + 1800)
-@pytest.mark.usefixtures("broker_restored")
-async def test_soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_soak(
+    prefix: str, tmp_path: Path, broker: RabbitNode, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with chaos_lock():
-        await soak(prefix, tmp_path, capsys)
+        await soak(prefix, tmp_path, broker, capsys)
 
 
-async def soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def soak(
+    prefix: str, tmp_path: Path, broker: RabbitNode, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = Run(prefix)
     topology = Topology(prefix, "quorum")
     audit_q, backend_q, outcome_q = (f"{prefix}.soak.{n}" for n in ("audit", "backend", "outcomes"))
     port = free_port()
-    connection = await aio_pika.connect_robust(AMQP_URL)
+    connection = await aio_pika.connect_robust(broker.url)
     try:
         async with (
             Simulator(
@@ -355,6 +352,7 @@ async def soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                     connectors=[(C, TITLE, TOKEN)],
                     keepalive=2.0,
                     request_timeout=5.0,
+                    amqp_url=broker.url,
                 ),
                 port=port,
                 workdir=tmp_path,
@@ -399,7 +397,7 @@ async def soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                 async with asyncio.TaskGroup() as tg:
                     for src in range(SOURCES):
                         tg.create_task(source(run, exchange, src, start, end))
-                    tg.create_task(faults(run, sim, bridge, start))
+                    tg.create_task(faults(run, sim, bridge, broker, start))
                 traffic_seconds = time.monotonic() - start
                 settled = await settle(run, sim, bridge)
                 run.rss_end, run.hwm_end = bridge.rss_kb(), bridge.hwm_kb()
@@ -408,9 +406,11 @@ async def soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                 sampler.cancel()
                 sim.faults.clear()
             exit_code = await bridge.stop()
-            unrouted = await message_count(topology.unrouted)
+            if settled is True:
+                settled = await fence(run, sim, channel, audit_q)
+            unrouted = await broker.message_count(topology.unrouted)
             unrouted_keys = await peek(channel, topology.unrouted)
-            dead = await message_count(topology.dead_queue(C))
+            dead = await broker.message_count(topology.dead_queue(C))
             report, failures = judge(run, sim, unrouted, unrouted_keys, dead)
             report += (
                 f"\ntraffic {traffic_seconds:.0f} s, settled: {settled}; final SIGTERM exit "
@@ -435,8 +435,8 @@ async def soak(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 async def settle(run: Run, sim: Simulator, bridge: BridgeProcess) -> bool | str:
-    """Wait until everything sent reached its other side and nothing moves any more;
-    True, or what did not happen within the deadline."""
+    """Wait until everything sent reached its other side and the spool is empty; True,
+    or what did not happen within the deadline (`fence`, after the stop, makes it final)."""
     steps: list[tuple[str, Any]] = [
         ("every contact at OSCC", lambda: set(run.published) <= contact_ids(sim)),
         ("the agent finished", lambda: sim.idle),
@@ -449,25 +449,40 @@ async def settle(run: Run, sim: Simulator, bridge: BridgeProcess) -> bool | str:
     within = 120 + SOAK_SECONDS / 5
     deadline = time.monotonic() + within
     try:
+
+        async def spool_empty() -> bool:
+            return bool((await bridge.status())["spool"]["messages"] == 0)
+
+        steps.append(("the spool empty", spool_empty))
         for what, cond in steps:
             await wait_until(cond, max(1.0, deadline - time.monotonic()), what)
-        spool_left = -1
-        while spool_left != 0:
-            spool_left = (await bridge.status())["spool"]["messages"]
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"spool still holds {spool_left}")
-            await asyncio.sleep(0.2)
-        # Late copies (a retry still under way) would show within this quiet period.
-        last, quiet_since = (-1, -1), time.monotonic()
-        while time.monotonic() - quiet_since < 3.0:
-            now = (len(run.seen), len(sim.records) - keepalives(sim))
-            if now != last:
-                last, quiet_since = now, time.monotonic()
-            if time.monotonic() > deadline + 30:
-                raise TimeoutError("traffic did not stop")
-            await asyncio.sleep(0.2)
     except TimeoutError as exc:
         return str(exc)
+    return True
+
+
+async def fence(
+    run: Run, sim: Simulator, channel: aio_pika.abc.AbstractChannel, audit_q: str
+) -> bool | str:
+    """After the final stop: count what was still on its way, then nothing more can come.
+
+    The stopped bridge sends nothing more, so once every call that reached OSCC has its
+    record, OSCC's side is final; and a sentinel published to the audit queue now queues
+    behind every copy the bridge published (each confirmed before it stopped), so once
+    the audit consumer has it, the broker's side is final too. True, or what did not
+    happen in time."""
+    marker = f"{run.prefix}-fence"
+    try:
+        await wait_until(
+            lambda: sum(sim.state.arrived.values()) == len(sim.records), 30, "OSCC answered all"
+        )
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"{}", message_id=marker), routing_key=audit_q, timeout=10
+        )
+        await wait_until(lambda: marker in run.seen_ids, 30, "the sentinel on the audit queue")
+    except TimeoutError as exc:
+        return str(exc)
+    run.seen = [s for s in run.seen if s.message_id != marker]
     return True
 
 
@@ -489,10 +504,6 @@ def stream_ids(sim: Simulator) -> set[str]:
 
 def stream_response_ids(sim: Simulator) -> set[str]:
     return {str(b["id"]) for b in sim.stream_responses(TITLE)}
-
-
-def keepalives(sim: Simulator) -> int:
-    return sum(1 for r in sim.records if r.endpoint in ("keepalive", "registerConnector"))
 
 
 async def peek(channel: aio_pika.abc.AbstractChannel, queue: str, n: int = 5) -> list[str]:
