@@ -9,8 +9,9 @@ What is counted, never assumed:
 - contacts: every accepted newContact at the simulator, with its time, so duplicates,
   per-source order and the stall after each stop come from what OSCC saw.
 
-These tests kill bridges and stop brokers: they hold /tmp/oscc-chaos.lock and touch only
-nodes they started (ports 5760-5789), never the shared 127.0.0.1:5672::
+These tests kill bridges and stop brokers: they hold /tmp/oscc-chaos.lock and use only
+the session's private nodes (`chaos_node`, and a 3-node cluster of `private_brokers`),
+never the shared 127.0.0.1:5672::
 
     .venv/bin/python -m pytest -m chaos tests/chaos/test_ha.py -s
 """
@@ -24,10 +25,8 @@ import datetime as dt
 import itertools
 import json
 import signal
-import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,96 +37,22 @@ import pytest
 from bridge.simulator import Simulator
 from bridge.topology import Topology
 from tests.bridge_harness import new_contact
-from tests.harness import BridgeProcess, chaos_lock, free_port, wait_until
+from tests.harness import (
+    BridgeProcess,
+    PrivateBrokers,
+    RabbitNode,
+    chaos_lock,
+    free_port,
+    wait_until,
+)
 
 pytestmark = pytest.mark.chaos
 
 C = "fb"
 TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
-NODE = "/work/shared/rabbitmq-node"
 FENCE_AFTER = 3.0
 PREFETCH = 16  # the in-flight window per instance: contacts sent, not yet acked
 SESSION_TTL = 20.0  # strict sessions: gone 20 s after the last keepalive
-
-
-# -- private RabbitMQ nodes ------------------------------------------------------------------
-
-
-def node_ctl(name: str, *args: str, check: bool = True) -> str:
-    """``rabbitmq-node ctl NAME ARGS`` (synchronous; it is quick)."""
-    done = subprocess.run(
-        [NODE, "ctl", name, *args], capture_output=True, text=True, timeout=120, check=False
-    )
-    if check and done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {args}: {done.stderr}")
-    return done.stdout
-
-
-@contextlib.contextmanager
-def private_nodes(*nodes: tuple[str, int]) -> Iterator[list[str]]:
-    """Start the nodes (the later ones join the first one's cluster); their AMQP URLs.
-    Always stopped (and their data deleted) afterwards."""
-    started: list[str] = []
-    try:
-        for i, (name, port) in enumerate(nodes):
-            join = [nodes[0][0]] if i else []
-            started.append(name)
-            subprocess.run([NODE, "start", name, str(port), *join], check=True, timeout=180)
-        yield [f"amqp://guest:guest@127.0.0.1:{port}/" for _, port in nodes]
-    finally:
-        for name in reversed(started):
-            subprocess.run([NODE, "stop", name], check=False, timeout=120)
-
-
-def unique(name: str) -> str:
-    return f"hai-{name}-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[tuple[str, str]]:
-    """One private node for this module's single-node tests: (name, URL)."""
-    name = unique("n")
-    with private_nodes((name, 5760)) as urls:
-        yield name, urls[0]
-
-
-async def start_app(name: str, url: str, within: float = 90.0) -> None:
-    """``start_app`` and wait until an AMQP connection is accepted."""
-    await asyncio.to_thread(node_ctl, name, "start_app")
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            connection = await aio_pika.connect(url, timeout=5)
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.3)
-        else:
-            await connection.close()
-            return
-
-
-async def queue_depth(url: str, queue: str) -> int:
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel()
-        raw = await channel.get_underlay_channel()
-        return int((await raw.queue_declare(queue, passive=True)).message_count or 0)
-    finally:
-        await connection.close()
-
-
-def close_connection_of(name: str, connection_name: str) -> int:
-    """Have node `name` close the connections named `connection_name`; how many."""
-    out = node_ctl(name, "list_connections", "-q", "--no-table-headers", "pid", "client_properties")
-    pids = [
-        line.split("\t", 1)[0]
-        for line in out.splitlines()
-        if f'{{"connection_name","{connection_name}"}}' in line
-    ]
-    for pid in pids:
-        node_ctl(name, "close_connection", pid, "test: the broker closes the owner's connection")
-    return len(pids)
 
 
 # -- bridge processes ------------------------------------------------------------------------
@@ -385,14 +310,21 @@ async def strict_simulator() -> AsyncIterator[Simulator]:
         yield sim
 
 
+@pytest.fixture
+async def tidy(chaos_node: RabbitNode, prefix: str) -> AsyncIterator[None]:
+    """Delete the test's queues and exchanges on the session's chaos node afterwards."""
+    yield
+    await delete_queues(chaos_node.url, prefix)
+
+
 # -- the tests -------------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(240)
 async def test_three_instances_one_owner_one_session_webhooks_published_once(
-    node: tuple[str, str], prefix: str, tmp_path: Path
+    chaos_node: RabbitNode, tidy: None, prefix: str, tmp_path: Path
 ) -> None:
-    _, url = node
+    url = chaos_node.url
     async with chaos_lock(), strict_simulator() as sim:
         connection = await aio_pika.connect(url)
         try:
@@ -445,12 +377,12 @@ async def test_three_instances_one_owner_one_session_webhooks_published_once(
 
 @pytest.mark.timeout(420)
 async def test_failover_under_load_sigkill_twice_sigterm_once(
-    node: tuple[str, str], prefix: str, tmp_path: Path
+    chaos_node: RabbitNode, tidy: None, prefix: str, tmp_path: Path
 ) -> None:
     """2,000 contacts from 50 sources while the owner is SIGKILLed, SIGTERMed, SIGKILLed
     (each time started again as a standby): every contact reaches OSCC, per-source order
     holds, no duplicate across the SIGTERM, at most the in-flight window per SIGKILL."""
-    _, url = node
+    url = chaos_node.url
     total, rate = 2000, 60.0
     async with (
         chaos_lock(),
@@ -499,9 +431,9 @@ async def test_failover_under_load_sigkill_twice_sigterm_once(
 
 @pytest.mark.timeout(240)
 async def test_broker_closes_the_owners_connection_it_fences_another_owns(
-    node: tuple[str, str], prefix: str, tmp_path: Path
+    chaos_node: RabbitNode, tidy: None, prefix: str, tmp_path: Path
 ) -> None:
-    name, url = node
+    node, url = chaos_node, chaos_node.url
     async with (
         chaos_lock(),
         strict_simulator() as sim,
@@ -512,7 +444,7 @@ async def test_broker_closes_the_owners_connection_it_fences_another_owns(
         publishing = asyncio.create_task(traffic.publish(400, 50.0))
         await wait_until(lambda: len(traffic.ids()) >= 100, 60, "100 accepted")
         t = time.monotonic()
-        closed = close_connection_of(name, f"oscc-bridge {prefix} {fleet.names[old]}")
+        closed = await node.close_connections_named(f"oscc-bridge {prefix} {fleet.names[old]}")
         assert closed == 1
         new = await fleet.sole_owner(within=FENCE_AFTER + 10)
         assert new != old
@@ -535,13 +467,13 @@ async def test_broker_closes_the_owners_connection_it_fences_another_owns(
 
 @pytest.mark.timeout(300)
 async def test_start_without_the_broker_and_a_broker_stop_while_running(
-    node: tuple[str, str], prefix: str, tmp_path: Path
+    chaos_node: RabbitNode, tidy: None, prefix: str, tmp_path: Path
 ) -> None:
     """Broker stopped before the bridge starts: it starts, answers webhooks 200 (spooled),
     /readyz 200; everything lands once the broker is back; the same for a stop while it
     runs; and SIGTERM while the broker is away exits 0. Counted on a durable queue bound
     to `<c>.event.#` before the broker stops."""
-    name, url = node
+    node, url = chaos_node, chaos_node.url
 
     async def post(bridge: BridgeProcess, first: int, count: int) -> None:
         async with aiohttp.ClientSession() as http:
@@ -571,7 +503,7 @@ async def test_start_without_the_broker_and_a_broker_stop_while_running(
                 events, durable=True, arguments={"x-queue-type": "quorum"}
             )
             await queue.bind(prefix, f"{C}.event.#")
-        await asyncio.to_thread(node_ctl, name, "stop_app")
+        await node.stop_app()
         try:
             fleet = Fleet(sim, prefix, tmp_path, [url], 1)
             bridge = fleet.bridges[0]
@@ -583,42 +515,42 @@ async def test_start_without_the_broker_and_a_broker_stop_while_running(
             await post(bridge, 0, 20)
             assert (await fleet.status(0))["spool"]["messages"] == 20  # type: ignore[index]
         finally:
-            await start_app(name, url)
+            await node.start_app()
         try:
-            await wait_for_depth(url, events, 20)
+            await wait_for_depth(node, events, 20)
             await fleet.sole_owner()
             # and a stop while it runs
-            await asyncio.to_thread(node_ctl, name, "stop_app")
+            await node.stop_app()
             try:
                 await wait_http_status(bridge, lambda b: b["broker"] is False)
                 status, _ = await readyz(bridge)
                 assert status == 200
                 await post(bridge, 20, 20)
             finally:
-                await start_app(name, url)
-            await wait_for_depth(url, events, 40)
+                await node.start_app()
+            await wait_for_depth(node, events, 40)
             await fleet.sole_owner(within=60)
             assert bridge.running
             assert sim.state.max_live.get(TITLE, 0) == 1
             # SIGTERM with the broker away: a clean, prompt exit (nothing to hand over)
-            await asyncio.to_thread(node_ctl, name, "stop_app")
+            await node.stop_app()
             try:
                 await wait_http_status(bridge, lambda b: b["broker"] is False)
                 t = time.monotonic()
                 assert await bridge.stop(within=60) == 0
                 print(f"\nSIGTERM without the broker: exit 0 after {time.monotonic() - t:.2f} s")
             finally:
-                await start_app(name, url)
+                await node.start_app()
         finally:
             await fleet.__aexit__()
 
 
-async def wait_for_depth(url: str, queue: str, want: int, within: float = 60.0) -> None:
+async def wait_for_depth(node: RabbitNode, queue: str, want: int, within: float = 60.0) -> None:
     deadline = time.monotonic() + within
     depth: int | str = "?"
     while True:
         with contextlib.suppress(Exception):
-            if (depth := await queue_depth(url, queue)) == want:
+            if (depth := await node.message_count(queue)) == want:
                 return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{queue}: {depth} messages, not {want}, within {within} s")
@@ -638,37 +570,66 @@ async def wait_http_status(bridge: BridgeProcess, check: Any, within: float = 30
 
 @pytest.mark.timeout(600)
 async def test_cluster_node_stopped_under_traffic_bridges_move_on(
-    prefix: str, tmp_path: Path
+    private_brokers: PrivateBrokers, prefix: str, tmp_path: Path
 ) -> None:
     """Three private nodes in one cluster; two bridges with broker.urls = all three,
     connected to the first. Its node stops under traffic: they reconnect to another node,
     nothing is lost, no contact is doubled beyond the in-flight window."""
-    names = [unique(x) for x in "abc"]
-    async with chaos_lock(), strict_simulator() as sim:
-        with private_nodes(*zip(names, (5761, 5762, 5763), strict=True)) as urls:
-            async with (
-                Traffic(sim, urls[1], prefix) as traffic,
-                Fleet(sim, prefix, tmp_path, urls, 2) as fleet,
+    first, second, _ = nodes = private_brokers.cluster("ha", 3)
+    urls = [n.url for n in nodes]
+    on_first = f":{first.port}/"
+
+    async def moved(fleet: Fleet) -> bool:
+        for n in range(2):
+            st = await fleet.status(n)
+            if (
+                st is None
+                or not st["broker"]["connected"]
+                or st["broker"]["url"].endswith(on_first)
             ):
-                await fleet.sole_owner()
-                for n in range(2):
-                    assert (await fleet.status(n))["broker"]["url"].endswith(":5761/")  # type: ignore[index]
-                publishing = asyncio.create_task(traffic.publish(600, 40.0))
-                await wait_until(lambda: len(traffic.ids()) >= 150, 60, "150 accepted")
-                t = time.monotonic()
-                await asyncio.to_thread(node_ctl, names[0], "stop_app")
-                for n in range(2):
-                    await wait_http_status(
-                        fleet.bridges[n],
-                        lambda b: b["broker"] is True,
-                        within=60,
-                    )
-                    moved = (await fleet.status(n))["broker"]["url"]  # type: ignore[index]
-                    assert not moved.endswith(":5761/"), moved
+                return False
+        return True
+
+    async with chaos_lock(), strict_simulator() as sim:
+        async with (
+            Traffic(sim, second.url, prefix) as traffic,
+            Fleet(sim, prefix, tmp_path, urls, 2) as fleet,
+        ):
+            await fleet.sole_owner()
+            for n in range(2):
+                assert (await fleet.status(n))["broker"]["url"].endswith(on_first)  # type: ignore[index]
+            publishing = asyncio.create_task(traffic.publish(600, 40.0))
+            await wait_until(lambda: len(traffic.ids()) >= 150, 60, "150 accepted")
+            t = time.monotonic()
+            try:
+                await first.stop_app()
+                await wait_until_async(lambda: moved(fleet), 60, "both bridges on another node")
                 await publishing
                 await wait_until(lambda: len(traffic.ids()) == 600, 120, "every contact")
-                duplicates = traffic.check()
-                print(f"\nnode stop: stall {traffic.stall_after(t):.2f} s, "
-                      f"duplicates {len(duplicates)}")  # fmt: skip
-                assert len(duplicates) <= PREFETCH
-                assert_never_two(fleet, sim)
+            finally:
+                await first.start_app()
+            duplicates = traffic.check()
+            print(f"\nnode stop: stall {traffic.stall_after(t):.2f} s, "
+                  f"duplicates {len(duplicates)}")  # fmt: skip
+            assert len(duplicates) <= PREFETCH
+            assert_never_two(fleet, sim)
+        await delete_queues(second.url, prefix)
+
+
+async def wait_until_async(cond: Any, within: float, what: str) -> None:
+    """`wait_until` for a coroutine condition."""
+    deadline = time.monotonic() + within
+    while not await cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {within:.0f} s")
+        await asyncio.sleep(0.1)
+
+
+async def delete_queues(url: str, prefix: str) -> None:
+    """What the bridges and the test declared under `prefix` (the node outlives the test)."""
+    topology = Topology(prefix)
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        await topology.delete(channel, [C])
+        for queue in (topology.owner_queue(C), topology.accepted_queue(C), f"{prefix}.events"):
+            await channel.queue_delete(queue)
