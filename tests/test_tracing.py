@@ -131,7 +131,9 @@ async def webhook_and_contact(
         channel = await amqp.channel(publisher_confirms=True)
         watch = await Watch(channel, Topology(prefix), ["fb"]).start()
         async with running_bridge(config) as b:
-            await wait_until(lambda: b.supervisors["fb"].ready, what="session")
+            await wait_until(
+                lambda: "fb" in b.supervisors and b.supervisors["fb"].ready, what="session"
+            )
             call = await sim.call_webhook(FB_TITLE, event("c-1"), kind="event")
             assert call.ok
             await wait_until(lambda: watch.keys("fb.event."), what="event published")
