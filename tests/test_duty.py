@@ -1,0 +1,77 @@
+"""Two bridges in one process on the real RabbitMQ (bridge/duty.py, bridge/app.py): one
+owns the connector, the other stands by and takes webhooks all the same; stopping the
+owner hands the connector over with its session (no second registration) and without
+resending what the first one forwarded. The multi-process version with kills, fencing
+and broker outages is tests/chaos/test_ha.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+from aio_pika.abc import AbstractRobustConnection
+
+from bridge.app import Bridge
+from bridge.config import HaConfig
+from bridge.simulator import Simulator
+from bridge.topology import Topology
+from tests.bridge_harness import (
+    FB_TITLE,
+    FB_TOKEN,
+    delete_topology,
+    make_config,
+    new_contact,
+    publish_json,
+    wait_until,
+)
+from tests.conftest import AMQP_URL
+
+
+async def test_owner_stops_standby_resumes_the_session_nothing_resent(
+    prefix: str, amqp: AbstractRobustConnection, tmp_path: Path
+) -> None:
+    async with Simulator(
+        {FB_TITLE: FB_TOKEN}, agent=False, strict_sessions=True, session_ttl=30.0
+    ) as sim:
+        a_config, b_config = (
+            msgspec.structs.replace(
+                make_config(prefix, sim.url, tmp_path / name, keepalive_interval=1.0),
+                ha=HaConfig(instance=name, fence_after=2.0),
+            )
+            for name in ("a", "b")
+        )
+        channel = await amqp.channel(publisher_confirms=True)
+        await Topology(prefix).declare(channel, ["fb"])
+
+        async def publish(numbers: range) -> list[str]:
+            ids = []
+            for n in numbers:
+                body = new_contact(n, source_id=f"s{n % 5}")
+                await publish_json(channel, prefix, "fb.contact.new", body, message_id=f"m{n}")
+                ids.append(body["publishedObject"]["id"])
+            return ids
+
+        try:
+            async with Bridge(a_config) as a:
+                await a.session("fb")  # a owns: it started first
+                async with Bridge(b_config) as b:
+                    await wait_until(lambda: b.duties["fb"].ownership is not None, what="b")
+                    assert (a.duties["fb"].role, b.duties["fb"].role) == ("owner", "standby")
+                    assert b.health.readiness()[0]  # a standby is ready: it takes webhooks
+                    sent = await publish(range(20))
+                    await sim.wait_for(lambda: len(sim.contacts(FB_TITLE)) == 20, timeout=20)
+
+                    # SIGTERM's path for the connector: drain, hand over with the session
+                    await a.duties["fb"].stop()
+                    await (await b.session("fb", within=10)).token(timeout=10)
+                    assert b.duties["fb"].status()["owner"] == "b"
+                    sent += await publish(range(20, 40))
+                    await sim.wait_for(lambda: len(sim.contacts(FB_TITLE)) == 40, timeout=20)
+        finally:
+            await delete_topology(AMQP_URL, Topology(prefix), ["fb"])
+        ids = [c["publishedObject"]["id"] for c in sim.contacts(FB_TITLE)]
+        assert sorted(ids) == sorted(sent)  # each once
+        # one registration: b resumed a's session from the lease; never two live sessions
+        registrations = [r.error_code for r in sim.records if r.endpoint == "registerConnector"]
+        assert registrations == [0]
+        assert sim.state.max_live[FB_TITLE] == 1
