@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from bridge.accepted import AcceptedLog
 from bridge.backoff import backoff_delay
-from bridge.broker import Broker
+from bridge.broker import BROKER_ERRORS, Broker
 from bridge.config import Config, ConnectorConfig
 from bridge.consumer import Consumer
 from bridge.dedupe import DedupeStore
@@ -44,6 +44,7 @@ from bridge.session import OnChange, SessionSupervisor
 from bridge.topology import SessionChange
 
 START_RETRY_BASE, START_RETRY_CAP = 0.5, 5.0
+START_TIMEOUT = 90.0  # loading the accepted keys (up to 60 s) and opening the consumer
 STOP_TIMEOUT = 10.0  # each broker step of a stop (handover, closing channels)
 T = TypeVar("T")
 
@@ -191,13 +192,15 @@ class Duty(Service):
         # role changes synchronously on a lost link; its callback is queued behind us).
         while self.consumer is None and self.ownership is not None and self.ownership.owner:
             try:
-                await self._start_consumer()
-            except BrokerUnavailable as exc:
+                # Bounded: some aio-pika calls wait for a lost connection to come back.
+                async with asyncio.timeout(START_TIMEOUT):
+                    await self._start_consumer()
+            except (BrokerUnavailable, *BROKER_ERRORS, TimeoutError) as exc:
                 delay = backoff_delay(
                     attempt, base=START_RETRY_BASE, cap=START_RETRY_CAP, rng=self._rng
                 )
                 attempt += 1
-                self._log.warning("duty.start_failed", error=exc.text, retry_in=round(delay, 2))
+                self._log.warning("duty.start_failed", error=repr(exc), retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
 
     async def _start_consumer(self) -> None:
