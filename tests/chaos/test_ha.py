@@ -320,7 +320,7 @@ async def tidy(chaos_node: RabbitNode, prefix: str) -> AsyncIterator[None]:
 # -- the tests -------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(1200)  # mostly waiting for the chaos lock others hold
 async def test_three_instances_one_owner_one_session_webhooks_published_once(
     chaos_node: RabbitNode, tidy: None, prefix: str, tmp_path: Path
 ) -> None:
@@ -375,7 +375,7 @@ async def test_three_instances_one_owner_one_session_webhooks_published_once(
             await connection.close()
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(1200)  # mostly waiting for the chaos lock others hold
 async def test_failover_under_load_sigkill_twice_sigterm_once(
     chaos_node: RabbitNode, tidy: None, prefix: str, tmp_path: Path
 ) -> None:
@@ -429,7 +429,7 @@ async def test_failover_under_load_sigkill_twice_sigterm_once(
         assert_never_two(fleet, sim)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(1200)  # mostly waiting for the chaos lock others hold
 async def test_broker_closes_the_owners_connection_it_fences_another_owns(
     chaos_node: RabbitNode, tidy: None, prefix: str, tmp_path: Path
 ) -> None:
@@ -465,7 +465,7 @@ async def test_broker_closes_the_owners_connection_it_fences_another_owns(
         assert_never_two(fleet, sim)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(1200)  # mostly waiting for the chaos lock others hold
 async def test_start_without_the_broker_and_a_broker_stop_while_running(
     chaos_node: RabbitNode, tidy: None, prefix: str, tmp_path: Path
 ) -> None:
@@ -568,7 +568,7 @@ async def wait_http_status(bridge: BridgeProcess, check: Any, within: float = 30
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)  # mostly waiting for the chaos lock others hold
 async def test_cluster_node_stopped_under_traffic_bridges_move_on(
     private_brokers: PrivateBrokers, prefix: str, tmp_path: Path
 ) -> None:
