@@ -30,7 +30,8 @@ class Metrics:
         p = "oscc_bridge_"
         # webhook ingress: kind = event | publication | stream | invalid;
         # outcome = published | spooled | rejected | refused | not_found | too_large |
-        # timeout (body too slow) | error (unexpected, answered 500)
+        # timeout (body too slow) | busy (http.max_concurrency in progress, answered 503,
+        # kind invalid: unread) | error (unexpected, answered 500)
         self.webhook_requests = Counter(
             p + "webhook_requests_total",
             "Webhook calls from OSCC.",
