@@ -35,7 +35,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
-from bridge import logs
+from bridge import deadline, logs
 from bridge.config import BrokerConfig, mask_url
 from bridge.errors import BrokerUnavailable, ConfigError
 from bridge.metrics import Metrics
@@ -260,7 +260,7 @@ class Publisher:
         exchange = self.topology.exchange if record.exchange is None else record.exchange
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout):
+            async with deadline.timeout(self._timeout):
                 # The robust channel's current aiormq channel (it changes on reconnect).
                 # Straight through aiormq, without waiting for each frame to be drained
                 # before the next publish may go: the confirm is what we wait for.

@@ -416,6 +416,48 @@ async def test_slow_requests_time_out(
         await assert_nothing_published_and_still_healthy(ing)
 
 
+async def test_requests_beyond_max_concurrency_answer_503_not_ready(
+    prefix: str, tmp_path: Path, amqp: AbstractRobustConnection
+) -> None:
+    """http.max_concurrency requests in progress (here: bodies still arriving), the next
+    is answered 503 errorCode 7 with Retry-After at once, unread, and counted; once they
+    finish, webhooks go through again."""
+    async with running(prefix, tmp_path, amqp, max_concurrency=2) as ing:
+        host, port = ing.base.removeprefix("http://").split(":")
+        held = []
+        for n in (10, 11):
+            body = json.dumps(event(n)).encode()
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                f"POST /webhook/{FB} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body[:10]
+            )
+            await writer.drain()
+            held.append((reader, writer, body[10:]))
+        # Until both heads are in, a body that is no object answers 400 (and publishes
+        # nothing); then 503, unread.
+        deadline = time.monotonic() + 10
+        while (answer := await ing.post(f"/webhook/{FB}", b"[]"))[0] != 503:
+            assert answer[0] == 400
+            assert time.monotonic() < deadline, "never busy"
+        status, body, headers = answer
+        assert (status, body) == (503, {"errorCode": 7, "errorText": "NOT_READY"})
+        assert headers["Retry-After"] == "1"
+        assert sample(ing.metrics, "webhook_requests_total", connector=FB, kind="invalid",
+                      outcome="busy") == 1  # fmt: skip
+        for reader, writer, rest in held:
+            writer.write(rest)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            writer.close()
+        status, body, _ = await ing.post(f"/webhook/{FB}", event(3))
+        assert (status, body) == (200, OK)
+        messages = await ing.wait(3)
+        assert sorted(json.loads(m.body)["n"] for m in messages) == [3, 10, 11]
+
+
 async def test_concurrent_webhooks_each_arrive_once(ingress: Ingress) -> None:
     results = await asyncio.gather(*(ingress.post(f"/webhook/{FB}", event(i)) for i in range(300)))
     assert all(r[:2] == (200, OK) for r in results)
