@@ -159,7 +159,9 @@ class Bridge:
     def _on_session_change(self, c: ConnectorConfig) -> Any:
         async def publish(change: SessionChange, body: dict[str, Any]) -> None:
             key = self.topology.session_key(c.name, change)
-            await self.publisher.publish_or_spool(key, codec.encode(body), connector=c.name)
+            # The body quotes OSCC's errorText, which may quote a token.
+            data = codec.encode(logs.scrub(body))
+            await self.publisher.publish_or_spool(key, data, connector=c.name)
 
         return publish
 

@@ -46,6 +46,8 @@ class Faults:
       `refuse_registration_for[title]` does the same for one connector.
     - `fail_next(endpoint, code, times)`: the next `times` calls to `endpoint` answer
       `code` (any code: 1 GENERAL_ERROR and 6 AUTH_STATEMENT_NOT_VALID come only from here).
+    - `error_text`: the errorText of those scripted answers instead of the code's name
+      (a real OSCC says more, and may quote what it was sent, tokens included).
     - `drop_sessions()`: forget every session; old tokens answer 10.
     """
 
@@ -55,6 +57,7 @@ class Faults:
     latency: float = 0.0
     refuse_registration: int | None = None
     refuse_registration_for: dict[str, int] = field(default_factory=dict)
+    error_text: str | None = None
     _not_ready_until: float = 0.0
     _scripted: dict[str, _Scripted] = field(default_factory=dict)
     _rng: random.Random = field(init=False)
@@ -94,6 +97,7 @@ class Faults:
         self.refuse_registration_for.clear()
         self._not_ready_until = 0.0
         self._scripted.clear()
+        self.error_text = None
 
     # --- decisions, used by the REST side ---------------------------------------------
 

@@ -139,7 +139,8 @@ class OsccApi:
             return Outcome(answer(ErrorCode.NOT_READY, _answer_type(call)), self._title_of(call))
         scripted = self.faults.scripted(call.endpoint)
         if scripted is not None:
-            return Outcome(answer(scripted, _answer_type(call)), self._title_of(call))
+            said = {"errorText": self.faults.error_text} if self.faults.error_text else {}
+            return Outcome(answer(scripted, _answer_type(call), **said), self._title_of(call))
         try:
             return await self._commands[call.endpoint](call)
         except _Answered as answered:
