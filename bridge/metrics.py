@@ -45,6 +45,13 @@ class Metrics:
             buckets=_FAST,
             registry=r,
         )
+        # requests aiohttp could not parse (no HTTP, bad request line, header or chunked
+        # framing), answered 400 before any handler: see bridge/badrequests.py
+        self.http_bad_requests = Counter(
+            p + "http_bad_requests_total",
+            "Malformed HTTP requests refused with 400 by the listeners.",
+            registry=r,
+        )
         # broker publishing: outcome = confirmed | returned | failed
         self.publishes = Counter(
             p + "publishes_total", "Messages published to RabbitMQ.", ["outcome"], registry=r

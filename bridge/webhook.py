@@ -39,6 +39,7 @@ from aiohttp import hdrs, web
 from prometheus_client import Counter, Histogram
 
 from bridge import logs
+from bridge.badrequests import BadRequestLog
 from bridge.config import Config, ConnectorConfig
 from bridge.errors import BrokerUnavailable, Rejected
 from bridge.metrics import Metrics
@@ -332,7 +333,7 @@ def add_routes(
     app.router.add_post("/webhook/{connector}/{secret}", webhook.with_secret)
 
 
-def server_options(config: Config) -> dict[str, Any]:
+def server_options(config: Config, metrics: Metrics | None = None) -> dict[str, Any]:
     """Keyword arguments for ``web.AppRunner`` serving the webhook.
 
     aiohttp has no header-read timeout of its own, but its keep-alive timer starts when a
@@ -341,11 +342,16 @@ def server_options(config: Config) -> dict[str, Any]:
     connections after as long). After a refused request (404, 408, 413) aiohttp reads and
     discards the unread body ("lingers") for at most `read_timeout` too, not its 10 s.
     Bodies are not decompressed: the size limit holds for what is read, and a few KB of
-    gzip cannot become gigabytes (docs/SECURITY.md W4); OSCC does not compress.
+    gzip cannot become gigabytes (docs/SECURITY.md W4); OSCC does not compress. With
+    `metrics`, malformed requests are counted and logged as a rate-limited warning
+    instead of an ERROR with a traceback each (`bridge.badrequests`).
     """
-    return {
+    options: dict[str, Any] = {
         "keepalive_timeout": config.http.read_timeout,
         "lingering_time": config.http.read_timeout,
         "auto_decompress": False,
         "access_log": None,
     }
+    if metrics is not None:
+        options["logger"] = BadRequestLog(metrics)
+    return options

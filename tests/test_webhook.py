@@ -138,7 +138,7 @@ async def running(
             await queue.consume(collect, no_ack=True)
             app = web.Application()
             add_routes(app, config, publisher, metrics)
-            runner = web.AppRunner(app, **server_options(config))
+            runner = web.AppRunner(app, **server_options(config, metrics))
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -494,3 +494,44 @@ async def test_broker_gone_spools_and_spool_full_answers_503(
         assert [json.loads(m.body)["n"] for m in messages] == answered
         status, answer, _ = await ing.post(f"/webhook/{FB}", event(1000))
         assert (status, answer) == (200, OK)
+
+
+MALFORMED = [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 a TLS hello\r\n\r\n",  # not HTTP at all
+    b"\x00\x01\x02\x03\r\n\r\n",
+    b"POST /webhook/facebook HTTP/1.1 trailing\r\nHost: x\r\n\r\n",  # bad request line
+    b"POST /webhook/facebook HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",  # bad header
+    b"POST /webhook/facebook HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+    # bad chunked framing, at once and after a good first chunk
+    b"POST /webhook/facebook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"POST /webhook/facebook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b'2\r\n{"\r\nzz\r\n',
+    # a good request, then garbage on the same keep-alive connection
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n",
+]
+
+
+async def test_malformed_requests_are_counted_not_logged_each(
+    prefix: str, tmp_path: Path, amqp: AbstractRobustConnection, captured_logs: io.StringIO
+) -> None:
+    """100 malformed requests over raw sockets: each answered 400 and counted; the log
+    has one warning line about them, no ERROR and no traceback; webhooks still work."""
+    async with running(prefix, tmp_path, amqp) as ing:
+        host, port = ing.base.removeprefix("http://").split(":")
+        for i in range(100):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(MALFORMED[i % len(MALFORMED)])
+            await writer.drain()
+            async with asyncio.timeout(5):
+                answer = await reader.read()  # aiohttp closes after a 400
+            assert b"HTTP/1.0 400" in answer or b"HTTP/1.1 400" in answer, answer[:80]
+            writer.close()
+        await wait_for(lambda: sample(ing.metrics, "http_bad_requests_total") == 100)
+        await assert_nothing_published_and_still_healthy(ing)
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines() if line]
+    about = [line for line in lines if line["event"] == "http.bad_requests"]
+    assert len(about) == 1
+    assert about[0]["level"] == "warning"
+    assert about[0]["count"] == 1
+    assert not [line for line in lines if line["level"] in ("error", "critical")]
+    assert "Traceback" not in captured_logs.getvalue()
