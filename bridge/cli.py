@@ -115,6 +115,8 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(config.log.level, config.log.format)
     try:
         asyncio.run(_until_signal(lambda stop: app.run(config, stop)))
+    except ConfigError:
+        raise  # found at start (e.g. the broker refused the topology): main() exits 3
     except BridgeError as exc:
         logs.get_logger("bridge").error("bridge stopped on an error", error=str(exc))
         return EXIT_ERROR
