@@ -1082,3 +1082,31 @@ def test_status_masks_registered_secrets() -> None:
         logs.forget_secret(secret)
     assert status["connectors"]["fb"]["last_error_text"] == "no ***"
     assert secret not in json.dumps(status)
+
+
+@pytest.mark.parametrize(
+    ("data", "deeper"),
+    [
+        (b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}', False),
+        (b'["\\"[[[[", ' + b"[" * 63 + b"]" * 63 + b"]", False),  # 64 levels, quote escaped
+        (b'{"a":' * 32 + b"[" * 32 + b"1" + b"]" * 32 + b"}" * 32, False),  # 64, mixed
+        (b'{"a":' * 32 + b"[" * 33 + b"1" + b"]" * 33 + b"}" * 32, True),  # 65
+        (b"[" + b"[]," * 100_000 + b"[]]", False),  # wide, not deep
+        (b"[" + b"[" * 64 + b"]" * 64 + b"," + b"{}," * 1000 + b"0]", True),
+    ],
+)
+def test_depth_is_read_from_the_bytes_as_a_walk_would_find_it(data: bytes, deeper: bool) -> None:
+    """codec.too_deep reads nesting from the bytes (a walk of a wide body held the loop);
+    it must agree with a walk of the decoded value, strings and escapes included."""
+
+    def walk_depth(value: Any) -> int:
+        if isinstance(value, dict):
+            return 1 + max((walk_depth(v) for v in value.values()), default=0)
+        if isinstance(value, list):
+            return 1 + max((walk_depth(v) for v in value), default=0)
+        return 0
+
+    import msgspec
+
+    assert (walk_depth(msgspec.json.decode(data)) > codec.MAX_DEPTH) is deeper
+    assert codec.too_deep(data) is deeper
