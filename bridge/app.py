@@ -129,16 +129,11 @@ class Bridge:
         separate = bool(cfg.admin_port or cfg.admin_host)
         admin = web.Application() if separate else app
         self.health.add_routes(admin)
-        runners = [
-            (
-                web.AppRunner(
-                    app, shutdown_timeout=SHUTDOWN_TIMEOUT, **server_options(self.config)
-                ),
-                "webhook",
-            )
-        ]
+        options = server_options(self.config, self.metrics)
+        runners = [(web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT, **options), "webhook")]
         if separate:
-            runners.append((web.AppRunner(admin, access_log=None), "admin"))
+            admin_runner = web.AppRunner(admin, access_log=None, logger=options["logger"])
+            runners.append((admin_runner, "admin"))
         try:
             for runner, role in runners:
                 await runner.setup()
@@ -164,7 +159,9 @@ class Bridge:
     def _on_session_change(self, c: ConnectorConfig) -> Any:
         async def publish(change: SessionChange, body: dict[str, Any]) -> None:
             key = self.topology.session_key(c.name, change)
-            await self.publisher.publish_or_spool(key, codec.encode(body), connector=c.name)
+            # The body quotes OSCC's errorText, which may quote a token.
+            data = codec.encode(logs.scrub(body))
+            await self.publisher.publish_or_spool(key, data, connector=c.name)
 
         return publish
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from bridge import __version__
+from bridge import __version__, logs
 from bridge.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -59,7 +59,9 @@ class Health:
         }
         if self.extra_status is not None:
             out.update(self.extra_status())
-        return out
+        # Error texts quote OSCC, which may quote a token.
+        scrubbed: dict[str, Any] = logs.scrub(out)
+        return scrubbed
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the four routes on `app`."""
