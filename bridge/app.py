@@ -159,9 +159,7 @@ class Bridge:
     def _on_session_change(self, c: ConnectorConfig) -> Any:
         async def publish(change: SessionChange, body: dict[str, Any]) -> None:
             key = self.topology.session_key(c.name, change)
-            # The body quotes OSCC's errorText, which may quote a token.
-            data = codec.encode(logs.scrub(body))
-            await self.publisher.publish_or_spool(key, data, connector=c.name)
+            await self.publisher.publish_or_spool(key, codec.encode(body), connector=c.name)
 
         return publish
 

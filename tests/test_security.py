@@ -1086,7 +1086,7 @@ def test_status_masks_registered_secrets() -> None:
     try:
         health = Health(
             metrics=Metrics(),
-            publisher=types.SimpleNamespace(connected=True),  # type: ignore[arg-type]
+            broker=types.SimpleNamespace(connected=True),  # type: ignore[arg-type]
             spool=types.SimpleNamespace(status=lambda: {"messages": 0}),  # type: ignore[arg-type]
             supervisors={},
             extra_status=lambda: {"connectors": {"fb": {"last_error_text": f"no {secret}"}}},
