@@ -221,16 +221,11 @@ class Bridge:
         separate = bool(cfg.admin_port or cfg.admin_host)
         admin = web.Application() if separate else app
         self.health.add_routes(admin)
-        runners = [
-            (
-                web.AppRunner(
-                    app, shutdown_timeout=SHUTDOWN_TIMEOUT, **server_options(self.config)
-                ),
-                "webhook",
-            )
-        ]
+        options = server_options(self.config, self.metrics)
+        runners = [(web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT, **options), "webhook")]
         if separate:
-            runners.append((web.AppRunner(admin, access_log=None), "admin"))
+            admin_runner = web.AppRunner(admin, access_log=None, logger=options["logger"])
+            runners.append((admin_runner, "admin"))
         try:
             for runner, role in runners:
                 await runner.setup()

@@ -216,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_until_signal(body))
     except ConfigError:
-        raise  # found at start-up (TLS files, spool.dir in use): main() exits 3
+        raise  # found at start-up (TLS files, spool.dir in use, a refused topology): exit 3
     except BridgeError as exc:
         logs.get_logger("bridge").error("bridge.failed", error=str(exc))
         return EXIT_ERROR

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from bridge import __version__
+from bridge import __version__, logs
 from bridge.config import mask_url
 from bridge.metrics import CONTENT_TYPE
 
@@ -86,7 +86,9 @@ class Health:
         }
         if self.extra_status is not None:
             out.update(self.extra_status())
-        return out
+        # Error texts quote OSCC, which may quote a token.
+        scrubbed: dict[str, Any] = logs.scrub(out)
+        return scrubbed
 
     def add_routes(self, app: web.Application) -> None:
         """Mount the four routes on `app`."""

@@ -3,6 +3,8 @@
 Bind context per message with ``log.bind(connector=..., routing_key=...)``. Whatever a
 caller passes, values under secret-looking keys are replaced before rendering, and the
 known secret values registered with `register_secret` are masked wherever they appear.
+This module owns that registry: `mask` (a text) and `scrub` (a structure) apply it to
+what the bridge writes elsewhere (outcomes, dead-letter headers, /status).
 """
 
 from __future__ import annotations
@@ -45,12 +47,29 @@ def add_global(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappi
     return event
 
 
+def mask(text: str) -> str:
+    """`text` with every registered secret replaced by ``***``.
+
+    For every text the bridge writes besides its log: outcome reasons, dead-letter
+    headers, /status. OSCC may quote a session token or the connector's token in an
+    errorText, and that text travels on. Mask before cutting a text short, or half a
+    secret survives.
+    """
+    for s in _secrets:
+        if s in text:
+            text = text.replace(s, "***")
+    return text
+
+
+def scrub(value: Any) -> Any:
+    """A copy of JSON-like `value` with secret-looking keys' values and registered
+    secrets masked, nested ones too (what `redact` does to a log line)."""
+    return _mask(value)
+
+
 def _mask(value: Any) -> Any:
     if isinstance(value, str):
-        for s in _secrets:
-            if s in value:
-                value = value.replace(s, "***")
-        return value
+        return mask(value)
     # Structures are rendered whole (JSON, repr): clean what is inside them too.
     if isinstance(value, dict):
         return {k: _clean(str(k), v) for k, v in value.items()}

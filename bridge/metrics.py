@@ -30,7 +30,8 @@ class Metrics:
         p = "oscc_bridge_"
         # webhook ingress: kind = event | publication | stream | invalid;
         # outcome = published | spooled | rejected | refused | not_found | too_large |
-        # timeout (body too slow) | error (unexpected, answered 500)
+        # timeout (body too slow) | busy (http.max_concurrency in progress, answered 503,
+        # kind invalid: unread) | error (unexpected, answered 500)
         self.webhook_requests = Counter(
             p + "webhook_requests_total",
             "Webhook calls from OSCC.",
@@ -42,6 +43,13 @@ class Metrics:
             "Webhook handling time, until OSCC is answered.",
             ["connector", "kind"],
             buckets=_FAST,
+            registry=r,
+        )
+        # requests aiohttp could not parse (no HTTP, bad request line, header or chunked
+        # framing), answered 400 before any handler: see bridge/badrequests.py
+        self.http_bad_requests = Counter(
+            p + "http_bad_requests_total",
+            "Malformed HTTP requests refused with 400 by the listeners.",
             registry=r,
         )
         # broker publishing: outcome = confirmed | returned | failed

@@ -12,6 +12,8 @@ the broker confirmed it::
                   "reason"?} (a stream response names its "id" instead of the two ids) to
                   ``<c>.contact.accepted|rejected`` and to the message's reply_to;
                   correlation_id = the message's correlation_id, else its message_id
+
+Reasons quote OSCC's errorText, which may quote a secret: each is masked (`logs.mask`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
-from bridge import errors, tracing
+from bridge import errors, logs, tracing
 from bridge.backoff import retry
 from bridge.delivery import Abandoned, MessageKind, Work
 from bridge.metrics import Metrics
@@ -58,7 +60,7 @@ def rejection(exc: errors.Rejected, *, by_oscc: bool) -> tuple[int, str, str]:
     reason = f"OSCC answered {code} {text}: {exc.text}" if by_oscc else exc.text
     if exc.path and exc.path not in reason:
         reason = f"{reason} (at {exc.path})"
-    return int(code), text, shorten(reason)
+    return int(code), text, shorten(logs.mask(reason))
 
 
 def shorten(text: str, limit: int = MAX_REASON) -> str:
@@ -81,7 +83,7 @@ def outcome(
     body: dict[str, Any] = {"messageId": message.message_id, **ids}
     body |= {"errorCode": int(code), "errorText": text}
     if reason is not None:
-        body["reason"] = reason
+        body["reason"] = logs.mask(reason)
     return Outcome(
         codec.encode(body),
         {"oscc-error-code": int(code), "oscc-error-text": text},
@@ -110,7 +112,7 @@ def dead_letter(
         "oscc-connector": connector,
         "oscc-error-code": int(code),
         "oscc-error-text": codes.text_of(code),
-        "oscc-dead-reason": reason,
+        "oscc-dead-reason": logs.mask(reason),
         "oscc-original-exchange": m.exchange or "",
         "oscc-original-routing-key": m.routing_key or "",
         "oscc-dead-at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),

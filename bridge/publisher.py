@@ -33,7 +33,7 @@ from typing import Any, Literal
 import aiormq
 from aio_pika.abc import AbstractRobustChannel
 
-from bridge import logs, tracing
+from bridge import deadline, logs, tracing
 from bridge.broker import BROKER_ERRORS, Broker
 from bridge.errors import BrokerUnavailable
 from bridge.lifecycle import Service
@@ -229,7 +229,7 @@ class Publisher(Service):
         exchange = self.topology.exchange if record.exchange is None else record.exchange
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout):
+            async with deadline.timeout(self._timeout):
                 # The robust channel's current aiormq channel (it changes on reconnect).
                 # Straight through aiormq, without waiting for each frame to be drained
                 # before the next publish may go: the confirm is what we wait for.

@@ -40,7 +40,7 @@ from bridge import errors
 from bridge.backoff import backoff_delay, retry
 from bridge.config import Config, ConnectorConfig, webhook_url
 from bridge.lifecycle import Service, watch
-from bridge.logs import forget_secret, get_logger
+from bridge.logs import forget_secret, get_logger, mask
 from bridge.metrics import Metrics
 from bridge.oscc.client import OsccClient
 from bridge.session_store import SessionStore
@@ -256,7 +256,7 @@ class SessionSupervisor(Service):
         if error is not None:
             if error.code is not None:
                 body["errorCode"] = error.code
-            body["errorText"] = error.text
+            body["errorText"] = mask(error.text)  # OSCC's text may quote a token
         body.update(extra)
         self._changes.put_nowait((change, body))
 

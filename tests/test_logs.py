@@ -415,3 +415,32 @@ def test_expected_broker_loss_lines_are_dropped_others_kept(
     logging.getLogger("bridge.other").error("Closing channel is fine to say elsewhere")
     lines = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
     assert lines == ["something nobody expected", "Closing channel is fine to say elsewhere"]
+
+
+def test_bad_requests_are_counted_and_reported_once_per_interval(
+    captured_logs: io.StringIO,
+) -> None:
+    from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine
+
+    from bridge.badrequests import INTERVAL, BadRequestLog
+    from bridge.metrics import Metrics
+
+    now = [1000.0]
+    metrics = Metrics()
+    bad = BadRequestLog(metrics, clock=lambda: now[0])
+    for _ in range(5):
+        bad.exception("Error handling request from %s", "127.0.0.1", exc_info=BadStatusLine("x"))
+    now[0] += INTERVAL
+    bad.debug("Error handling request from %s", "127.0.0.1", exc_info=BadHttpMessage("y"))
+    try:
+        raise ValueError("a handler's bug")
+    except ValueError:
+        bad.exception("Unhandled exception")  # not a bad request: logged as aiohttp would
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+    reports = [line for line in lines if line["event"] == "http.bad_requests"]
+    assert [(r["level"], r["count"]) for r in reports] == [("warning", 1), ("warning", 5)]
+    assert "BadStatusLine" in reports[0]["error"]
+    assert metrics.registry.get_sample_value("oscc_bridge_http_bad_requests_total") == 6
+    [bug] = [line for line in lines if line["event"] == "Unhandled exception"]
+    assert bug["level"] == "error"
+    assert "a handler's bug" in bug["exception"]

@@ -1040,3 +1040,87 @@ async def test_no_secret_in_logs_status_metrics_or_messages(
         if value in text
     ]
     assert leaks == []
+
+
+# -- secrets OSCC quotes back (issue 10, defect 6) -----------------------------------------
+
+
+async def test_secrets_quoted_in_an_oscc_error_never_reach_amqp(
+    prefix: str, tmp_path: Path
+) -> None:
+    """OSCC rejects a contact with an errorText quoting the session token and the
+    connector token: the dead letter's headers, the outcome's body and headers carry the
+    reason masked."""
+    from tests import test_consumer as tc
+
+    async with tc.bridge(prefix, tmp_path) as b:
+        session = await b.supervisor.token(timeout=5)
+        rejected = await b.listen(b.topology.contact_outcome_key(tc.C, False))
+        b.sim.faults.error_text = f"refused for session {session}, connector {tc.TOKEN}"
+        b.sim.faults.fail_next("newContact", 12)
+        await b.publish(tc.contact(1, 1), correlation_id="c1")
+        [dead] = await tc.wait_queue(b.channel, b.topology.dead_queue(tc.C), 1)
+        [outcome] = await tc.wait_queue(b.channel, rejected.name, 1)
+    # The reason is there, quoting OSCC, or finding no secret would prove nothing.
+    reason = dead.headers["oscc-dead-reason"]
+    assert "refused for session ***, connector ***" in str(reason)
+    assert json.loads(outcome.body)["reason"] == reason
+    written = [
+        outcome.body.decode(),
+        json.dumps(outcome.headers, default=str),
+        json.dumps(dead.headers, default=str),
+    ]
+    for text in written:
+        assert session not in text
+        assert tc.TOKEN not in text
+
+
+def test_status_masks_registered_secrets() -> None:
+    """Whatever a component puts in /status (an error text quoting OSCC), registered
+    secrets come out masked, under any key, nested too."""
+    from bridge import logs
+    from bridge.health import Health
+
+    secret = f"Ss-{uuid.uuid4().hex}"
+    logs.register_secret(secret)
+    try:
+        health = Health(
+            metrics=Metrics(),
+            broker=types.SimpleNamespace(connected=True),  # type: ignore[arg-type]
+            spool=types.SimpleNamespace(status=lambda: {"messages": 0}),  # type: ignore[arg-type]
+            supervisors={},
+            extra_status=lambda: {"connectors": {"fb": {"last_error_text": f"no {secret}"}}},
+        )
+        status = health.status()
+    finally:
+        logs.forget_secret(secret)
+    assert status["connectors"]["fb"]["last_error_text"] == "no ***"
+    assert secret not in json.dumps(status)
+
+
+@pytest.mark.parametrize(
+    ("data", "deeper"),
+    [
+        (b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}', False),
+        (b'["\\"[[[[", ' + b"[" * 63 + b"]" * 63 + b"]", False),  # 64 levels, quote escaped
+        (b'{"a":' * 32 + b"[" * 32 + b"1" + b"]" * 32 + b"}" * 32, False),  # 64, mixed
+        (b'{"a":' * 32 + b"[" * 33 + b"1" + b"]" * 33 + b"}" * 32, True),  # 65
+        (b"[" + b"[]," * 100_000 + b"[]]", False),  # wide, not deep
+        (b"[" + b"[" * 64 + b"]" * 64 + b"," + b"{}," * 1000 + b"0]", True),
+    ],
+)
+def test_depth_is_read_from_the_bytes_as_a_walk_would_find_it(data: bytes, deeper: bool) -> None:
+    """codec.too_deep reads nesting from the bytes (a walk of a wide body held the loop);
+    it must agree with a walk of the decoded value, strings and escapes included."""
+
+    def walk_depth(value: Any) -> int:
+        if isinstance(value, dict):
+            return 1 + max((walk_depth(v) for v in value.values()), default=0)
+        if isinstance(value, list):
+            return 1 + max((walk_depth(v) for v in value), default=0)
+        return 0
+
+    import msgspec
+
+    assert (walk_depth(msgspec.json.decode(data)) > codec.MAX_DEPTH) is deeper
+    assert codec.too_deep(data) is deeper

@@ -150,7 +150,7 @@ async def running(
             await queue.consume(collect, no_ack=True)
             app = web.Application()
             add_routes(app, config, publisher, metrics)
-            runner = web.AppRunner(app, **server_options(config))
+            runner = web.AppRunner(app, **server_options(config, metrics))
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -440,6 +440,48 @@ async def test_slow_requests_time_out(
         await assert_nothing_published_and_still_healthy(ing)
 
 
+async def test_requests_beyond_max_concurrency_answer_503_not_ready(
+    prefix: str, tmp_path: Path, amqp: AbstractRobustConnection
+) -> None:
+    """http.max_concurrency requests in progress (here: bodies still arriving), the next
+    is answered 503 errorCode 7 with Retry-After at once, unread, and counted; once they
+    finish, webhooks go through again."""
+    async with running(prefix, tmp_path, amqp, max_concurrency=2) as ing:
+        host, port = ing.base.removeprefix("http://").split(":")
+        held = []
+        for n in (10, 11):
+            body = json.dumps(event(n)).encode()
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                f"POST /webhook/{FB} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body[:10]
+            )
+            await writer.drain()
+            held.append((reader, writer, body[10:]))
+        # Until both heads are in, a body that is no object answers 400 (and publishes
+        # nothing); then 503, unread.
+        deadline = time.monotonic() + 10
+        while (answer := await ing.post(f"/webhook/{FB}", b"[]"))[0] != 503:
+            assert answer[0] == 400
+            assert time.monotonic() < deadline, "never busy"
+        status, body, headers = answer
+        assert (status, body) == (503, {"errorCode": 7, "errorText": "NOT_READY"})
+        assert headers["Retry-After"] == "1"
+        assert sample(ing.metrics, "webhook_requests_total", connector=FB, kind="invalid",
+                      outcome="busy") == 1  # fmt: skip
+        for reader, writer, rest in held:
+            writer.write(rest)
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            writer.close()
+        status, body, _ = await ing.post(f"/webhook/{FB}", event(3))
+        assert (status, body) == (200, OK)
+        messages = await ing.wait(3)
+        assert sorted(json.loads(m.body)["n"] for m in messages) == [3, 10, 11]
+
+
 async def test_concurrent_webhooks_each_arrive_once(ingress: Ingress) -> None:
     results = await asyncio.gather(*(ingress.post(f"/webhook/{FB}", event(i)) for i in range(300)))
     assert all(r[:2] == (200, OK) for r in results)
@@ -476,3 +518,48 @@ async def test_broker_gone_spools_and_spool_full_answers_503(
         assert [json.loads(m.body)["n"] for m in messages] == answered
         status, answer, _ = await ing.post(f"/webhook/{FB}", event(1000))
         assert (status, answer) == (200, OK)
+
+
+MALFORMED = [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 a TLS hello\r\n\r\n",  # not HTTP at all
+    b"\x00\x01\x02\x03\r\n\r\n",
+    b"POST /webhook/facebook HTTP/1.1 trailing\r\nHost: x\r\n\r\n",  # bad request line
+    b"POST /webhook/facebook HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",  # bad header
+    b"POST /webhook/facebook HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+    # bad chunked framing, at once and after a good first chunk
+    b"POST /webhook/facebook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"POST /webhook/facebook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b'2\r\n{"\r\nzz\r\n',
+    # a good request, then garbage on the same keep-alive connection
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n",
+]
+
+
+async def test_malformed_requests_are_counted_not_logged_each(
+    prefix: str, tmp_path: Path, amqp: AbstractRobustConnection, captured_logs: io.StringIO
+) -> None:
+    """100 malformed requests over raw sockets: each answered 400 and counted; the log
+    has one warning line about them, no ERROR and no traceback; webhooks still work."""
+    async with running(prefix, tmp_path, amqp) as ing:
+        host, port = ing.base.removeprefix("http://").split(":")
+        for i in range(100):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(MALFORMED[i % len(MALFORMED)])
+            await writer.drain()
+            async with asyncio.timeout(5):
+                answer = await reader.read()  # aiohttp closes after a 400
+            assert b"HTTP/1.0 400" in answer or b"HTTP/1.1 400" in answer, answer[:80]
+            writer.close()
+        await wait_until(
+            lambda: sample(ing.metrics, "http_bad_requests_total") == 100,
+            20,
+            "100 bad requests counted",
+        )
+        await assert_nothing_published_and_still_healthy(ing)
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines() if line]
+    about = [line for line in lines if line["event"] == "http.bad_requests"]
+    assert len(about) == 1
+    assert about[0]["level"] == "warning"
+    assert about[0]["count"] == 1
+    assert not [line for line in lines if line["level"] in ("error", "critical")]
+    assert "Traceback" not in captured_logs.getvalue()

@@ -92,6 +92,8 @@ class Faults:
     - `answer_pieces`, `piece_gap`: every answer is written chunked in that many pieces
       (split at even offsets, so mid-token), `piece_gap` seconds apart; 1 is one write
       with a Content-Length, as before.
+    - `error_text`: the errorText of those scripted answers instead of the code's name
+      (a real OSCC says more, and may quote what it was sent, tokens included).
     - `drop_sessions()`: forget every session; old tokens answer 10.
     - `strict_sessions` (on `State`): only keepalive keeps a session alive.
     """
@@ -104,6 +106,7 @@ class Faults:
     refuse_registration_for: dict[str, int] = field(default_factory=dict)
     answer_pieces: int = 1
     piece_gap: float = 0.0
+    error_text: str | None = None
     _not_ready_until: float = 0.0
     _scripted: dict[str, Rule] = field(default_factory=dict)
     _contacts: dict[str, Rule] = field(default_factory=dict)
@@ -171,6 +174,7 @@ class Faults:
         self._not_ready_until = 0.0
         self._scripted.clear()
         self._contacts.clear()
+        self.error_text = None
 
     # --- decisions, used by the REST side ---------------------------------------------
 

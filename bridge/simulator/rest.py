@@ -188,7 +188,8 @@ class OsccApi:
         if self.faults.not_ready_remaining > 0:
             return Outcome(answer(ErrorCode.NOT_READY, _answer_type(call)), self._title_of(call))
         if rule is not None and rule.code is not None:
-            return Outcome(answer(rule.code, _answer_type(call)), self._title_of(call))
+            said = {"errorText": self.faults.error_text} if self.faults.error_text else {}
+            return Outcome(answer(rule.code, _answer_type(call), **said), self._title_of(call))
         try:
             return await self._commands[call.endpoint](call)
         except _Answered as answered:
