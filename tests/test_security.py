@@ -1086,9 +1086,10 @@ def test_status_masks_registered_secrets() -> None:
     try:
         health = Health(
             metrics=Metrics(),
-            broker=types.SimpleNamespace(connected=True),  # type: ignore[arg-type]
+            broker=types.SimpleNamespace(connected=True, url="amqp://127.0.0.1/"),  # type: ignore[arg-type]
             spool=types.SimpleNamespace(status=lambda: {"messages": 0}),  # type: ignore[arg-type]
-            supervisors={},
+            duties={},
+            instance="i",
             extra_status=lambda: {"connectors": {"fb": {"last_error_text": f"no {secret}"}}},
         )
         status = health.status()
