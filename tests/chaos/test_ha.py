@@ -626,10 +626,20 @@ async def wait_until_async(cond: Any, within: float, what: str) -> None:
 
 
 async def delete_queues(url: str, prefix: str) -> None:
-    """What the bridges and the test declared under `prefix` (the node outlives the test)."""
+    """What the bridges and the test declared under `prefix` (the node outlives the test).
+    Retried for a while: right after a ``start_app`` a stream may not be back yet."""
     topology = Topology(prefix)
-    async with await aio_pika.connect(url) as connection:
-        channel = await connection.channel()
-        await topology.delete(channel, [C])
-        for queue in (topology.owner_queue(C), topology.accepted_queue(C), f"{prefix}.events"):
-            await channel.queue_delete(queue)
+    queues = [topology.owner_queue(C), topology.accepted_queue(C), f"{prefix}.events"]
+
+    async def delete() -> bool:
+        try:
+            async with await aio_pika.connect(url) as connection:
+                channel = await connection.channel()
+                await topology.delete(channel, [C])
+                for queue in queues:
+                    await channel.queue_delete(queue)
+        except aio_pika.exceptions.AMQPError:
+            return False
+        return True
+
+    await wait_until_async(delete, 60, f"{prefix}: queues deleted")
