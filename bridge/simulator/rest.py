@@ -26,7 +26,7 @@ from aiohttp import web
 
 from bridge import logs
 from bridge.errors import Rejected
-from bridge.oscc import codec, models
+from bridge.oscc import codec, models, spelling
 from bridge.oscc.codes import ErrorCode, text_of
 from bridge.simulator import answers
 from bridge.simulator.faults import Faults, Rule
@@ -85,7 +85,7 @@ def _contact_type(body: Any) -> str | None:
     kind = body.get("type") if isinstance(body, dict) else None
     if not isinstance(kind, str):
         return None
-    normal = codec.normalize(kind, msgspec.inspect.type_info(models.ContactType))
+    normal = spelling.normalize(kind, msgspec.inspect.type_info(models.ContactType))
     return str(normal)
 
 
