@@ -9,11 +9,10 @@ AMQP callback, and the receiver still sees the changes in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bridge.lifecycle import Service, watch
+from bridge.lifecycle import Service, cancel, watch
 
 Callback = Callable[[], Awaitable[None]]
 
@@ -50,10 +49,7 @@ class InOrder(Service):
     async def stop(self) -> None:
         """Cancel the task; callbacks still queued run after the next `start`."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
 
     async def _run(self) -> None:
         while True:

@@ -39,7 +39,7 @@ from bridge import errors
 from bridge.backoff import backoff_delay
 from bridge.config import Config, ConnectorConfig, webhook_url
 from bridge.inorder import InOrder
-from bridge.lifecycle import Service, watch
+from bridge.lifecycle import Service, cancel, watch
 from bridge.logs import forget_secret, get_logger, mask
 from bridge.metrics import Metrics
 from bridge.oscc.client import OsccClient
@@ -128,11 +128,7 @@ class SessionSupervisor(Service):
     async def stop(self) -> None:
         """Cancel the background tasks and wait for them; the state becomes ``stopped``."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*tasks)
         await self._changes.stop()
         self._drop_token()
         self._set_state(SessionState.STOPPED)
