@@ -42,10 +42,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractIncomingMessage,
-    AbstractQueue,
-    ExchangeType,
 )
 from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 
@@ -53,6 +50,7 @@ from bridge import errors, tracing
 from bridge.accepted import AcceptedLog
 from bridge.backoff import backoff_delay
 from bridge.broker import Broker
+from bridge.channels import QueueChannels
 from bridge.config import Config, ConnectorConfig
 from bridge.dedupe import DedupeStore
 from bridge.delivery import Abandoned, Kind, MessageKind, Work, decode, queue_wait, untraced
@@ -136,8 +134,9 @@ class Consumer(Service):
         # Stands for "no session could be had" at the gate: a failure, but no message's.
         self._no_session = object()
         self._lanes: Lanes[Work] = Lanes(tracing.consumer(self._work, c), self._stopping)
-        self._channels: list[AbstractChannel] = []
-        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._channels = QueueChannels(
+            broker, prefetch=config.broker.prefetch, timeout=config.broker.confirm_timeout
+        )
         self._report = Reporter(
             connector=c,
             topology=broker.topology,
@@ -164,9 +163,10 @@ class Consumer(Service):
         try:
             async with asyncio.timeout(self.start_timeout):
                 self._broker.connection.close_callbacks.add(self._on_connection_lost)
-                await self._open_channels()
+                self._report.dead = await self._channels.dead_letters()
+                await self._channels.consume(self._kinds, self._accept)
         except BaseException as exc:
-            await self._close_channels()
+            await self._channels.close()
             if self._owns_dedupe:
                 await self._dedupe.stop()
             if isinstance(exc, TimeoutError | AMQPError | OSError | RuntimeError):
@@ -182,24 +182,6 @@ class Consumer(Service):
             raise
         self._log.info("consumer.started", prefetch=self.config.broker.prefetch)
 
-    async def _open_channels(self) -> None:
-        dead_channel = await self._broker.channel(publisher_confirms=True)
-        self._channels.append(dead_channel)
-        self._report.dead = await dead_channel.declare_exchange(
-            self.topology.dead_exchange, ExchangeType.TOPIC, durable=True
-        )
-        for kind in self._kinds:
-            channel = await self._broker.channel()
-            self._channels.append(channel)
-            await channel.set_qos(prefetch_count=self.config.broker.prefetch)
-            # Declared (not just looked up), so a reconnect re-declares it instead of
-            # racing the publisher's topology declaration.
-            queue = await channel.declare_queue(
-                kind.queue, durable=True, arguments=self.topology.queue_arguments()
-            )
-            tag = await queue.consume(self._callback(kind))
-            self._consumers.append((queue, tag))
-
     def _on_connection_lost(self, *_: object) -> None:
         # Synchronous, in the connection's own close callback: aio-pika restores a robust
         # channel's consumers after a reconnect, and by then this instance may no longer
@@ -214,43 +196,17 @@ class Consumer(Service):
         self._stopping.set()
         with contextlib.suppress(RuntimeError):  # never connected
             self._broker.connection.close_callbacks.discard(self._on_connection_lost)
-        # With the broker away there is nothing to cancel: the connection took the
-        # consumers with it, and aio-pika's cancel would wait for it to come back.
-        if self._broker.connected:
-            for queue, tag in self._consumers:
-                with contextlib.suppress(
-                    AMQPError, ChannelInvalidStateError, RuntimeError, TimeoutError
-                ):
-                    async with asyncio.timeout(self.config.broker.confirm_timeout):
-                        await queue.cancel(tag)
-        self._consumers.clear()
+        await self._channels.cancel()
         # Lanes waiting (gate, backoff, token) have sent nothing for their message: stop
         # them now. Busy ones get the drain timeout to hear OSCC's answer and ack.
         if unfinished := await self._lanes.drain(self.drain_timeout):
             self._log.warning("consumer.drain_timeout", unfinished=unfinished)
-        await self._close_channels()
+        await self._channels.close()
         if self._owns_dedupe:
             await self._dedupe.stop()
         self._log.info("consumer.stopped")
 
-    async def _close_channels(self) -> None:
-        channels, self._channels = self._channels, []
-        for channel in reversed(channels):
-            # Bounded for the same reason as `_ack`: on a connection that just died the
-            # close frame may never be written.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self.config.broker.confirm_timeout):
-                    await channel.close()
-
-    # -- delivery: decode and put in a lane --------------------------------------------
-
-    def _callback(self, kind: Kind) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            # No await before the lane append: aio-pika starts these callbacks in
-            # delivery order, so lanes receive messages in queue order.
-            self._accept(kind, message)
-
-        return on_message
+    # -- delivery: decode and put in a lane (`channels` calls it in delivery order) -----
 
     def _accept(self, kind: Kind, message: AbstractIncomingMessage) -> None:
         if self._stopping.is_set():

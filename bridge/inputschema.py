@@ -1,7 +1,7 @@
 """The lenient JSON Schema of what the bridge accepts: ``oscc-bridge schema --input``.
 
 `bridge.schema` describes the canonical spelling (the tables' names), which is what the
-bridge *emits*. On input the decoder (`bridge.oscc.codec.normalize`) accepts more, and a
+bridge *emits*. On input the decoder (`bridge.oscc.spelling.normalize`) accepts more, and a
 producer validating against the canonical schema would reject input the bridge takes —
 the guide's own JavaScript sample among it. This module derives, from the same models,
 a schema that accepts every spelling the decoder accepts::
@@ -30,7 +30,7 @@ import msgspec
 from bridge.oscc import models
 
 # the decoder's own patterns, so the schema cannot drift from what it takes
-from bridge.oscc.codec import _BOOLS, _INT
+from bridge.oscc.spelling import BOOLS, INT
 from bridge.schema import C, add_limits, structs
 from bridge.topology import Topology
 
@@ -59,8 +59,8 @@ def _one_of(words: list[str]) -> str:
     return "^(?:" + "|".join(any_case(w) for w in words) + ")$"
 
 
-_INT_STRING = {"type": "string", "pattern": f"^{_INT.pattern}$"}
-_BOOL_STRING = {"type": "string", "pattern": _one_of(list(_BOOLS))}
+_INT_STRING = {"type": "string", "pattern": f"^{INT.pattern}$"}
+_BOOL_STRING = {"type": "string", "pattern": _one_of(list(BOOLS))}
 
 
 def lenient(node: Any) -> Any:

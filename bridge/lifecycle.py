@@ -1,10 +1,12 @@
 """One shape for the bridge's long-running parts: ``start()``, ``stop()``, and
 ``async with`` doing both (STYLE.md: each component is an async context manager); and
-`watch`, which every background task goes through so its failure is logged."""
+`watch`, which every background task goes through so its failure is logged, and
+`cancel`, which ends them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 from typing import Any, Self
 
@@ -43,3 +45,13 @@ def watch(task: asyncio.Task[Any], log: Any, event: str) -> asyncio.Task[Any]:
 
     task.add_done_callback(done)
     return task
+
+
+async def cancel(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel every task given (None: none) and wait until each has ended."""
+    live = [task for task in tasks if task is not None]
+    for task in live:
+        task.cancel()
+    for task in live:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -25,7 +25,7 @@ Exactly one lease, checked on RabbitMQ 3.10 (see tests/test_ownership.py):
 Roles: ``standby`` -> ``owner`` (lease arrived) -> ``suspended`` (the broker link is
 down: the lease is back in the queue, but the OSCC session may be kept for a while) ->
 ``owner`` again if the lease comes back within `fence_after`, else ``standby`` with
-reason ``fenced``. The body of a lease is JSON ``{"instance", "session", "since"}``,
+reason ``fenced``. The body of a lease (lease.py) is JSON ``{"instance", "session", "since"}``,
 `session` the OSCC session token sealed for this connector (sealing.py), so a new owner
 resumes the session instead of waiting out ``2 ALREADY_REGISTERED_ON``.
 """
@@ -35,13 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import aio_pika
-import aiormq
-import msgspec
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -49,31 +45,19 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from bridge import logs
-from bridge.errors import BrokerUnavailable
+from bridge import lease, logs
+from bridge.inorder import InOrder
+from bridge.lease import Lease
 from bridge.lifecycle import Service
 from bridge.metrics import Metrics
 from bridge.sealing import Sealer
-from bridge.topology import APP_ID, Topology
+from bridge.topology import Topology
 
 Role = Literal["standby", "owner", "suspended"]
 LostReason = Literal["released", "fenced"]
 
 DEFAULT_RENEW_EVERY = 60.0  # well inside any sane consumer_timeout
-_SEED_ATTEMPTS = 10
 
-
-class Lease(msgspec.Struct, frozen=True, kw_only=True):
-    """The lease message's body: who wrote it, the sealed OSCC session, and since when
-    that instance owned the connector (unix seconds)."""
-
-    instance: str
-    session: str | None = None
-    since: float = 0.0
-
-
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(Lease).decode
 
 Acquired = Callable[[str | None], Awaitable[None]]
 Suspended = Callable[[], Awaitable[None]]
@@ -145,9 +129,8 @@ class Ownership(Service):
         self._tasks: set[asyncio.Task[None]] = set()
         self._fence: asyncio.TimerHandle | None = None
         self._renewer: asyncio.Task[None] | None = None
-        self._callbacks: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
-        self._runner: asyncio.Task[None] | None = None
         self._log = logs.get_logger("bridge.ownership", connector=connector, instance=instance)
+        self._callbacks = InOrder(self._log, "ownership.callback_failed", f"ownership-{connector}")
         self._gauge()
 
     @property
@@ -165,9 +148,7 @@ class Ownership(Service):
         if self._channel is not None:
             return
         self._stopping = False
-        self._runner = asyncio.create_task(
-            self._run_callbacks(), name=f"ownership-{self.connector}"
-        )
+        await self._callbacks.start()
         channel = await self._connection.channel(publisher_confirms=True)
         self._channel = channel
         await channel.set_qos(prefetch_count=2)
@@ -200,12 +181,8 @@ class Ownership(Service):
         self._channel = self._queue = None
         for task in list(self._tasks):
             task.cancel()
-        if self._runner is not None:
-            await self._callbacks.join()
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        await self._callbacks.join()
+        await self._callbacks.stop()
 
     async def release(self, session: str | None = None) -> bool:
         """Planned handover: stop competing and pass the lease, carrying `session` (or
@@ -269,7 +246,7 @@ class Ownership(Service):
         self._fence = loop.call_later(self.fence_after, self._fenced)
         self._log.warning("ownership.suspended", fence_after=self.fence_after)
         if self._on_suspended is not None:
-            self._callbacks.put_nowait(self._on_suspended)
+            self._callbacks.put(self._on_suspended)
 
     def connection_restored(self) -> None:
         """The broker link is back: re-seed if the lease vanished (the consumer itself is
@@ -287,46 +264,19 @@ class Ownership(Service):
         self.connection_restored()
 
     async def _seed_if_empty(self, *, consumers_besides_us: int) -> None:
-        """Publish the first lease when the queue is empty and nobody but us consumes it
-        (nobody can hold an unacked lease then). A passive declare on the raw channel,
-        so a robust channel does not collect one more queue to restore.
-
-        A quorum queue declared a moment ago may nack a publish while its members start:
-        that seed is tried again (an extra lease that did land is dropped by the owner).
-        """
         assert self._channel is not None
-        for attempt in range(1, _SEED_ATTEMPTS + 1):
-            raw = await self._channel.get_underlay_channel()
-            result = await raw.queue_declare(self.queue_name, passive=True)
-            if result.message_count or (result.consumer_count or 0) > consumers_besides_us:
-                return
-            try:
-                await self._publish(Lease(instance=self.instance, session=None, since=0.0))
-            except aiormq.exceptions.DeliveryError as exc:
-                if attempt == _SEED_ATTEMPTS:
-                    text = f"{self.queue_name}: the broker refused the lease"
-                    raise BrokerUnavailable(text) from exc
-                await asyncio.sleep(0.1 * attempt)
-                continue
+        if await lease.seed_if_empty(
+            self._channel,
+            self.queue_name,
+            self.instance,
+            consumers_besides_us=consumers_besides_us,
+        ):
             self.seeded += 1
             self._log.info("ownership.seeded")
-            return
 
-    async def _publish(self, lease: Lease) -> str:
+    async def _publish(self, body: Lease) -> str:
         assert self._channel is not None
-        message_id = uuid.uuid4().hex
-        await self._channel.default_exchange.publish(
-            aio_pika.Message(
-                _encode(lease),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=message_id,
-                app_id=APP_ID,
-                type="lease",
-            ),
-            routing_key=self.queue_name,
-        )
-        return message_id
+        return await lease.publish(self._channel, self.queue_name, body)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         async with self._lock:
@@ -345,15 +295,9 @@ class Ownership(Service):
                 await _settle(message.ack())
 
     def _take(self, message: AbstractIncomingMessage) -> None:
-        try:
-            lease: Lease | None = _decode(message.body)
-        except msgspec.DecodeError:
-            lease = None  # still the lease: whoever holds it owns, whatever it says
+        previous, session, self._sealed = lease.read(message.body, self._sealer)
         self._held = message
         self._cancel_fence()
-        previous = lease.instance if lease else None
-        session = self._sealer.open(lease.session) if lease else None
-        self._sealed = lease.session if session is not None and lease else None
         if self.role == "standby":
             self._since = time.time()
             self._count("acquired")
@@ -367,7 +311,7 @@ class Ownership(Service):
         self._spawn(self._replace(), "replace")
         if self._on_acquired is not None:
             callback = self._on_acquired
-            self._callbacks.put_nowait(lambda: callback(session))
+            self._callbacks.put(lambda: callback(session))
 
     async def _replace(self) -> None:
         """Publish a fresh lease; `_on_message` acks the old one when it arrives."""
@@ -375,10 +319,10 @@ class Ownership(Service):
             busy = self._expect is not None or not self._competing
             if self.role != "owner" or self._held is None or busy:
                 return
-            lease = Lease(instance=self.instance, session=self._sealed, since=self._since)
+            fresh = Lease(instance=self.instance, session=self._sealed, since=self._since)
             self._replaced.clear()
             try:
-                self._expect = await self._publish(lease)
+                self._expect = await self._publish(fresh)
             except Exception as exc:
                 self._replaced.set()  # the link is going down; its signal follows
                 self._log.warning("ownership.renew_failed", error=str(exc))
@@ -407,7 +351,7 @@ class Ownership(Service):
         self._log.info("ownership.lost", reason=reason)
         if self._on_lost is not None:
             callback = self._on_lost
-            self._callbacks.put_nowait(lambda: callback(reason))
+            self._callbacks.put(lambda: callback(reason))
 
     def _cancel_fence(self) -> None:
         if self._fence is not None:
@@ -437,16 +381,6 @@ class Ownership(Service):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    async def _run_callbacks(self) -> None:
-        while True:
-            callback = await self._callbacks.get()
-            try:
-                await callback()
-            except Exception:
-                self._log.exception("ownership.callback_failed")
-            finally:
-                self._callbacks.task_done()
 
 
 async def _settle(op: Awaitable[Any]) -> None:

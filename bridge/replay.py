@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from bridge import logs
 from bridge.broker import Broker
 from bridge.errors import BrokerUnavailable
-from bridge.lifecycle import Service, watch
+from bridge.lifecycle import Service, cancel, watch
 from bridge.metrics import Metrics
 from bridge.segment import Entry, SpoolRecord
 from bridge.spool import Spool
@@ -64,10 +64,7 @@ class SpoolReplayer(Service):
     async def stop(self) -> None:
         """Stop replaying; what is left stays in the spool."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         self.spool.on_commit = None
         self._broker.remove_listener(self._wake.set)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import enum
 import random
 import time
@@ -37,13 +36,16 @@ from typing import Any
 import msgspec
 
 from bridge import errors
-from bridge.backoff import backoff_delay, retry
+from bridge.backoff import backoff_delay
 from bridge.config import Config, ConnectorConfig, webhook_url
-from bridge.lifecycle import Service, watch
+from bridge.inorder import InOrder
+from bridge.lifecycle import Service, cancel, watch
 from bridge.logs import forget_secret, get_logger, mask
 from bridge.metrics import Metrics
 from bridge.oscc.client import OsccClient
-from bridge.session_store import SessionStore
+from bridge.session_events import enable_events
+from bridge.session_status import SessionRecord, iso
+from bridge.session_store import Resumer, SessionStore
 from bridge.topology import SessionChange
 
 OnChange = Callable[[SessionChange, dict[str, Any]], Awaitable[None]]
@@ -61,12 +63,6 @@ class SessionState(enum.StrEnum):
     BACKOFF = "backoff"
     FAILED = "failed"
     STOPPED = "stopped"
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds")
 
 
 class SessionSupervisor(Service):
@@ -103,22 +99,18 @@ class SessionSupervisor(Service):
         self._rng = rng if rng is not None else random.Random()
         self._log = get_logger("bridge.session", connector=connector.name)
         self._webhook_url = webhook_url(config, connector)
-        self._store = SessionStore(
+        store = SessionStore(
             config.spool.dir, connector.name, config.oscc.url, connector.title, self._webhook_url
         )
-        self._handed: str | None = resume  # a token handed over with the connector
+        self._resumer = Resumer(store, resume, self._log)
         self._token: str | None = None
         self._ready = asyncio.Event()  # set while _token is a live session token
         self._lost = asyncio.Event()  # set when the current token was reported lost
         self._state = SessionState.STARTING
-        self._since = time.time()
-        self._last_keepalive: float | None = None
-        self._registrations = 0
-        self._keepalive_failures = 0
-        self._events_enabled: bool | None = None
-        self._last_error: errors.BridgeError | None = None
-        self._last_error_at: float | None = None
-        self._changes: asyncio.Queue[tuple[SessionChange, dict[str, Any]]] = asyncio.Queue()
+        self._record = SessionRecord()
+        self._changes = InOrder(
+            self._log, "session.on_change_failed", f"session-notify:{connector.name}"
+        )
         self._failed_code: int | None = None  # the code of the current `failed` spell
         self._tasks: list[asyncio.Task[None]] = []
         self._set_state(SessionState.STARTING)
@@ -129,19 +121,15 @@ class SessionSupervisor(Service):
         """Start registering in the background."""
         if self._tasks:
             return
-        name = self.connector.name
-        for coro, what in ((self._run(), "session"), (self._notify(), "session-notify")):
-            task = asyncio.create_task(coro, name=f"{what}:{name}")
-            self._tasks.append(watch(task, self._log, "session.task_died"))
+        await self._changes.start()
+        task = asyncio.create_task(self._run(), name=f"session:{self.connector.name}")
+        self._tasks.append(watch(task, self._log, "session.task_died"))
 
     async def stop(self) -> None:
         """Cancel the background tasks and wait for them; the state becomes ``stopped``."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*tasks)
+        await self._changes.stop()
         self._drop_token()
         self._set_state(SessionState.STOPPED)
 
@@ -189,20 +177,12 @@ class SessionSupervisor(Service):
 
     def status(self) -> dict[str, Any]:
         """JSON-able state for /status; never the token."""
-        err = self._last_error
         return {
             "connector": self.connector.name,
             "title": self.connector.title,
             "state": str(self._state),
             "ready": self.ready,
-            "since": _iso(self._since),
-            "last_keepalive": _iso(self._last_keepalive),
-            "registrations": self._registrations,
-            "keepalive_failures": self._keepalive_failures,
-            "listen_for_events": self._events_enabled,
-            "last_error_code": err.code if err else None,
-            "last_error_text": err.text if err else None,
-            "last_error_at": _iso(self._last_error_at),
+            **self._record.status(),
         }
 
     # -- state ---------------------------------------------------------------------------
@@ -216,13 +196,9 @@ class SessionSupervisor(Service):
         if state is self._state:
             return False
         self._state = state
-        self._since = time.time()
+        self._record.since = time.time()
         self._log.debug("session.state", state=str(state))
         return True
-
-    def _note(self, error: errors.BridgeError) -> None:
-        self._last_error = error
-        self._last_error_at = time.time()
 
     def _drop_token(self) -> None:
         if self._token is not None:
@@ -237,9 +213,9 @@ class SessionSupervisor(Service):
         self._drop_token()
         # Never resume a token someone saw refused: OSCC accepting its keepalive while
         # refusing it elsewhere would loop the callers without a backoff.
-        self._store.forget()
+        self._resumer.forget()
         self._lost.set()
-        self._note(error)
+        self._record.note(error)
         self._set_state(SessionState.REGISTERING)
         self._log.warning("session.lost", error_code=error.code, error_text=error.text)
         self._emit("lost", error)
@@ -251,24 +227,15 @@ class SessionSupervisor(Service):
             "connector": self.connector.name,
             "title": self.connector.title,
             "state": str(self._state),
-            "at": _iso(time.time()),
+            "at": iso(time.time()),
         }
         if error is not None:
             if error.code is not None:
                 body["errorCode"] = error.code
             body["errorText"] = mask(error.text)  # OSCC's text may quote a token
         body.update(extra)
-        self._changes.put_nowait((change, body))
-
-    async def _notify(self) -> None:
-        while True:
-            change, body = await self._changes.get()
-            if self._on_change is None:
-                continue
-            try:
-                await self._on_change(change, body)
-            except Exception:
-                self._log.exception("session.on_change_failed", change=change)
+        if (on_change := self._on_change) is not None:
+            self._changes.put(lambda: on_change(change, body), change=change)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -295,7 +262,7 @@ class SessionSupervisor(Service):
         name = self.connector.name
         match exc:
             case errors.ConnectorRefused():
-                self._note(exc)
+                self._record.note(exc)
                 self._metrics.registrations.labels(name, "refused").inc()
                 if self._set_state(SessionState.FAILED) or exc.code != self._failed_code:
                     self._log.error(
@@ -310,13 +277,13 @@ class SessionSupervisor(Service):
                 self._failed_code = exc.code
                 return self.failed_retry * self._rng.uniform(0.8, 1.0)
             case errors.StaleSession():
-                self._note(exc)
+                self._record.note(exc)
                 self._metrics.registrations.labels(name, "stale").inc()
                 if self._set_state(SessionState.BACKOFF):
                     self._log.warning("session.stale_session", error_text=exc.text)
                 cap = self.stale_retry
             case errors.BridgeError():
-                self._note(exc)
+                self._record.note(exc)
                 self._metrics.registrations.labels(name, "transient").inc()
                 if self._set_state(SessionState.BACKOFF):
                     self._log.warning(
@@ -326,32 +293,44 @@ class SessionSupervisor(Service):
             case _:
                 # a bug, not an OSCC answer: say so loudly, but keep the connector alive
                 self._log.error("session.register_crashed", exc_info=exc)
-                self._note(errors.Transient(f"{type(exc).__name__}: {exc}"))
+                self._record.note(errors.Transient(f"{type(exc).__name__}: {exc}"))
                 self._metrics.registrations.labels(name, "error").inc()
                 self._set_state(SessionState.BACKOFF)
                 cap = self.backoff_cap
         return backoff_delay(attempt, base=self.backoff_base, cap=cap, rng=self._rng)
 
     async def _register(self) -> str:
-        """Resume the session a previous process left, else register; then enable
-        listen-for-events, install and announce the token."""
+        """Resume the session a previous owner or process left (session_store.Resumer),
+        else register; then enable listen-for-events, install and announce the token."""
         extra: dict[str, Any] = {}
-        token = await self._resume()
+        token = None
+        # Not with publish_credentials: the credentials come only with a registration.
+        if not self.connector.publish_credentials:
+            token = await self._resumer.take(self._client.keepalive)
         if token is None:
             response = await self._client.register(
                 self.connector.title, self.connector.token, self._webhook_url
             )
             token = response.session_token
             assert token  # the client raises Transient for an answer without one
-            self._save(token)
-            self._registrations += 1
+            self._resumer.save(token)
+            self._record.registrations += 1
             outcome = "registered"
             if self.connector.publish_credentials and response.user_credentials is not None:
                 extra["userCredentials"] = msgspec.to_builtins(response.user_credentials)
         else:
+            self._record.last_keepalive = time.time()
             outcome = "resumed"
         if self.connector.listen_for_events:
-            await self._enable_events(token)
+            self._record.events_enabled = await enable_events(
+                self._client,
+                token,
+                base=self.backoff_base,
+                cap=min(self.backoff_cap, self.config.oscc.keepalive_interval),
+                rng=self._rng,
+                note=self._record.note,
+                log=self._log,
+            )
         self._lost.clear()
         self._token = token
         self._ready.set()
@@ -360,83 +339,6 @@ class SessionSupervisor(Service):
         self._log.info(f"session.{outcome}", title=self.connector.title)
         self._emit("registered", **extra)
         return token
-
-    async def _resume(self) -> str | None:
-        """The token the previous owner handed over, else the one a previous bridge
-        process saved, if OSCC still honours it.
-
-        Not with publish_credentials: the credentials come only with a registration.
-        A token OSCC refuses is forgotten; on a transient failure it is kept for the next
-        attempt (OSCC may just be down, and the session with it may still be alive).
-        """
-        if self.connector.publish_credentials:
-            return None
-        for handed, token in ((True, self._handed), (False, self._store.load())):
-            if token is None:
-                continue
-            try:
-                await self._client.keepalive(token)
-            except errors.Transient:
-                return None
-            except errors.BridgeError:
-                if handed:
-                    self._handed = None
-                else:
-                    self._store.forget()
-                continue
-            self._last_keepalive = time.time()
-            if handed:
-                self._handed = None
-                self._save(token)  # this instance's next restart resumes it too
-            return token
-        return None
-
-    def _save(self, token: str) -> None:
-        try:
-            self._store.save(token)
-        except OSError as exc:
-            # Only the next restart is slower for it (it waits for this session to expire).
-            self._log.warning("session.save_failed", path=str(self._store.path), error=str(exc))
-
-    async def _enable_events(self, token: str) -> None:
-        """Listen For Events on the new session before anyone gets its token.
-
-        Transient failures are retried (the session is ours and these calls keep it
-        alive); SessionLost goes back to registration; any other refusal, or HTTP
-        404/405 (OSCC has no such path: the guide gives none, so ours is a guess), is
-        logged and the connector runs without events rather than not at all.
-        """
-
-        def failed(exc: BaseException, _: float) -> None:
-            assert isinstance(exc, errors.Transient)
-            if exc.http_status in (404, 405):
-                raise exc
-            self._note(exc)
-
-        try:
-            await retry(
-                lambda: self._client.listen_for_events(token, enabled=True),
-                retry_on=errors.Transient,
-                base=self.backoff_base,
-                cap=min(self.backoff_cap, self.config.oscc.keepalive_interval),
-                rng=self._rng,
-                on_retry=failed,
-            )
-        except (errors.Transient, errors.Rejected) as exc:
-            # Transient here is 404/405 only: `failed` gives up on those.
-            self._events_refused(exc)
-            return
-        self._events_enabled = True
-
-    def _events_refused(self, exc: errors.BridgeError) -> None:
-        self._note(exc)
-        self._events_enabled = False
-        self._log.error(
-            "session.listen_for_events_refused",
-            error_code=exc.code,
-            error_text=exc.text,
-            hint="check oscc.listen_for_events_path; running without events",
-        )
 
     async def _hold(self, token: str) -> None:
         """Keep `token` alive until OSCC or a caller says it is gone."""
@@ -452,8 +354,8 @@ class SessionSupervisor(Service):
             try:
                 await self._client.keepalive(token)
             except errors.Transient as exc:
-                self._note(exc)
-                self._keepalive_failures += 1
+                self._record.note(exc)
+                self._record.keepalive_failures += 1
                 self._metrics.keepalive_failures.labels(self.connector.name).inc()
                 if failures == 0:
                     self._log.warning("session.keepalive_failed", error_text=exc.text)
@@ -469,13 +371,13 @@ class SessionSupervisor(Service):
             except errors.BridgeError as exc:
                 # 6, 10, 401/403 -- or an answer the guide does not expect for a
                 # keepalive (2, 4, 8, 9, 11..13): either way this session is unusable
-                self._keepalive_failures += 1
+                self._record.keepalive_failures += 1
                 self._metrics.keepalive_failures.labels(self.connector.name).inc()
                 self._lose(token, exc)
                 return
             else:
                 if self._token == token:
-                    self._last_keepalive = time.time()
+                    self._record.last_keepalive = time.time()
                 if failures:
                     self._log.info("session.keepalive_recovered", failures=failures)
                 if self._state is SessionState.DEGRADED and self._token == token:

@@ -8,6 +8,10 @@ The file (``<spool.dir>/session/<connector>.json``, mode 0600) holds the token a
 fingerprint of what it was issued for (OSCC URL, title, webhookURL); a token issued for
 anything else is never offered. It is a bearer secret at rest: the spool directory must be
 private to the bridge's user, as it already must be for the spool.
+
+`Resumer` picks the token a (re)registration tries first: the one handed over with the
+connector by its previous owner (ownership.py), else the saved one, if OSCC still
+honours it.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
+
+from bridge import errors
 
 
 class _Saved(msgspec.Struct, frozen=True):
@@ -53,3 +61,53 @@ class SessionStore:
         """Delete the saved token (OSCC no longer honours it)."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+class Resumer:
+    """The session a (re)registration tries before registering anew.
+
+    `handed`: a token handed over with the connector by its previous owner, tried before
+    the one `store` holds. `log`: the session's logger (a failed save is a warning).
+    """
+
+    def __init__(self, store: SessionStore, handed: str | None, log: Any) -> None:
+        self.store = store
+        self._handed = handed
+        self._log = log
+
+    async def take(self, keepalive: Callable[[str], Awaitable[object]]) -> str | None:
+        """The handed-over token, else the saved one, if `keepalive` on it succeeds.
+
+        A token OSCC refuses is forgotten; on a transient failure it is kept for the next
+        attempt (OSCC may just be down, and the session with it may still be alive).
+        """
+        for handed, token in ((True, self._handed), (False, self.store.load())):
+            if token is None:
+                continue
+            try:
+                await keepalive(token)
+            except errors.Transient:
+                return None
+            except errors.BridgeError:
+                if handed:
+                    self._handed = None
+                else:
+                    self.store.forget()
+                continue
+            if handed:
+                self._handed = None
+                self.save(token)  # this instance's next restart resumes it too
+            return token
+        return None
+
+    def save(self, token: str) -> None:
+        """Save `token` for the next restart; a failure is logged, not raised."""
+        try:
+            self.store.save(token)
+        except OSError as exc:
+            # Only the next restart is slower for it (it waits for this session to expire).
+            self._log.warning("session.save_failed", path=str(self.store.path), error=str(exc))
+
+    def forget(self) -> None:
+        """Never offer the saved token again (someone saw OSCC refuse it)."""
+        self.store.forget()

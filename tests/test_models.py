@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from bridge.errors import Rejected
 from bridge.oscc import client as client_module
-from bridge.oscc import codec
+from bridge.oscc import codec, spelling
 from bridge.oscc import models as m
 from bridge.oscc.codes import ErrorCode
 
@@ -1144,9 +1144,9 @@ def test_unknown_event_any_spelling(case: tuple[dict[str, Any], bytes]) -> None:
 @PROPERTY
 def test_normalize_is_idempotent(case: tuple[dict[str, Any], bytes]) -> None:
     _, sent = case
-    once = codec.normalize(json.loads(sent), m.NewContact)
-    assert codec.normalize(once, m.NewContact) == once
-    assert codec.normalize(copy.deepcopy(once), m.NewContact) == once
+    once = spelling.normalize(json.loads(sent), m.NewContact)
+    assert spelling.normalize(once, m.NewContact) == once
+    assert spelling.normalize(copy.deepcopy(once), m.NewContact) == once
 
 
 @pytest.mark.parametrize("shape", ["list", "object"])

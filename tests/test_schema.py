@@ -310,13 +310,13 @@ def test_session_change_encodes_to_a_valid_body(doc: dict[str, Any]) -> None:
 
 def test_the_supervisors_change_bodies_are_session_changes() -> None:
     """The body bridge.session hands to on_change converts to a SessionChange."""
-    from bridge import session
+    from bridge import session, session_status
 
     body = {
         "connector": "facebook",
         "title": "facebook",
         "state": str(session.SessionState.BACKOFF),
-        "at": session._iso(1_700_000_000.5),
+        "at": session_status.iso(1_700_000_000.5),
         "errorCode": 7,
         "errorText": "NOT_READY",
     }

@@ -38,17 +38,53 @@ All under ``/admin``; JSON in and out; a bad request answers 400 ``{"error": "..
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
 
 from bridge import logs
 from bridge.oscc import codec
+from bridge.simulator.agent import Agent
+from bridge.simulator.faults import Faults
+from bridge.simulator.state import Record, Session, State, WebhookCall
 
-if TYPE_CHECKING:
-    from bridge.simulator.server import Simulator
+
+class Simulator(Protocol):
+    """What the admin API uses of `server.Simulator` (which serves it: a Protocol, so
+    this module does not import the server that imports it)."""
+
+    state: State
+    faults: Faults
+    agent: Agent
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def connectors(self) -> dict[str, str]: ...
+    @property
+    def sessions(self) -> list[Session]: ...
+    @property
+    def records(self) -> list[Record]: ...
+    @property
+    def webhook_calls(self) -> list[WebhookCall]: ...
+    @property
+    def idle(self) -> bool: ...
+    @property
+    def seen(self) -> Counter[str]: ...
+    def contacts(self, title: str) -> list[Any]: ...
+    def created(self) -> Counter[str]: ...
+    def duplicates(self) -> int: ...
+    def stream_responses(self, title: str) -> list[Any]: ...
+    def restart(self, not_ready: float = 0.0) -> None: ...
+    def reset(self) -> None: ...
+    async def send_stream_request(
+        self, title: str, id: str, destination_id: str | None = None, number: str = "10"
+    ) -> WebhookCall: ...
+    async def call_webhook(self, title: str, body: Any, kind: str = "custom") -> WebhookCall: ...
+
 
 _json = msgspec.json.Decoder()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

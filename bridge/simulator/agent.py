@@ -128,7 +128,7 @@ class Agent:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            _log.error("agent script failed", exc_info=task.exception())
+            _log.error("sim.agent_script_failed", exc_info=task.exception())
 
     async def _run(self, plan: _Plan) -> None:
         c, cid = plan.contact, plan.contact_id
@@ -184,7 +184,7 @@ class Agent:
         assert last is not None
         self.gave_up.append(last)
         _log.warning(
-            "webhook call given up", connector=title, kind=kind, contact_id=contact_id,
+            "sim.webhook_given_up", connector=title, kind=kind, contact_id=contact_id,
             status=last.status, attempts=last.attempt,
         )  # fmt: skip
         return last

@@ -93,5 +93,5 @@ async def send(
             await response.write(piece)
         await response.write_eof()
     except ConnectionError:
-        _log.debug("client hung up before the answer was complete", path=request.path)
+        _log.debug("sim.client_hung_up", path=request.path, why="before the answer was complete")
     return response

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from bridge import logs
 from bridge.errors import Rejected
-from bridge.oscc import codec, models
+from bridge.oscc import codec, models, spelling
 from bridge.oscc.codes import ErrorCode, text_of
 from bridge.simulator import answers
 from bridge.simulator.faults import Faults, Rule
@@ -85,7 +85,7 @@ def _contact_type(body: Any) -> str | None:
     kind = body.get("type") if isinstance(body, dict) else None
     if not isinstance(kind, str):
         return None
-    normal = codec.normalize(kind, msgspec.inspect.type_info(models.ContactType))
+    normal = spelling.normalize(kind, msgspec.inspect.type_info(models.ContactType))
     return str(normal)
 
 
@@ -143,7 +143,7 @@ class OsccApi:
         code = outcome.answer.get("errorCode")
         self._record(call, outcome.title, 200, code if isinstance(code, int) else None)
         _log.debug(
-            "oscc call", endpoint=endpoint, connector=outcome.title, error_code=code, status=200
+            "sim.call", endpoint=endpoint, connector=outcome.title, error_code=code, status=200
         )
         if rule is not None and rule.slow > 0:
             await asyncio.sleep(rule.slow)  # the work is done; the answer comes late
@@ -196,7 +196,7 @@ class OsccApi:
             return answered.outcome
         except Exception:
             # A bug in the simulator must look like OSCC's own failure, not a hang.
-            _log.exception("simulator command failed", endpoint=call.endpoint)
+            _log.exception("sim.command_failed", endpoint=call.endpoint)
             return Outcome(answer(ErrorCode.GENERAL_ERROR, _answer_type(call)), None)
 
     def _title_of(self, call: Call) -> str | None:
@@ -239,7 +239,7 @@ class OsccApi:
         if expected is None or not hmac.compare_digest(
             expected.encode(), reg.open_media.token.encode()
         ):
-            _log.info("registration refused: wrong title or token", connector=title)
+            _log.info("sim.registration_refused", connector=title, why="wrong title or token")
             return Outcome(answer(ErrorCode.WRONG_TITLE_OR_TOKEN_NOT_FOUND, kind), title)
         refusal = self.faults.refusal(title)
         if refusal is not None:
@@ -247,7 +247,7 @@ class OsccApi:
         if self.state.holder(title) is not None:
             return Outcome(answer(ErrorCode.ALREADY_REGISTERED_ON, kind), title)
         session = self.state.open_session(title, reg.webhook_url)
-        _log.info("connector registered", connector=title)
+        _log.info("sim.registered", connector=title)
         return Outcome(
             answer(
                 ErrorCode.NO_ERROR,

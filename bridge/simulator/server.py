@@ -124,7 +124,7 @@ class Simulator(Service):
         self._url = f"http://{shown}:{port}" if ":" not in shown else f"http://[{shown}]:{port}"
         if self._not_ready_at_start > 0:
             self.faults.not_ready(self._not_ready_at_start)
-        _log.info("simulator started", url=self._url, connectors=sorted(self.state.connectors))
+        _log.info("sim.started", url=self._url, connectors=sorted(self.state.connectors))
 
     async def stop(self) -> None:
         """Stop the agent's scripts, then the server."""
@@ -209,7 +209,7 @@ class Simulator(Service):
         self.state.drop_sessions()
         if not_ready > 0:
             self.faults.not_ready(not_ready)
-        _log.info("simulator restarted", not_ready=not_ready)
+        _log.info("sim.restarted", not_ready=not_ready)
 
     def reset(self) -> None:
         """Forget records and webhook calls and clear every fault; sessions stay."""
