@@ -33,22 +33,26 @@ TICK = 0.05  # seconds between checks while a deadline is open
 class _Watch:
     """The open deadlines of one loop and the one timer that checks them."""
 
-    __slots__ = ("__weakref__", "_armed", "loop", "open")
+    __slots__ = ("_armed", "loop", "open")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # Weak: the watch is the value of a WeakKeyDictionary keyed by this loop.
+        self.loop = weakref.ref(loop)
         self.open: set[_Deadline] = set()
         self._armed = False
 
-    def add(self, d: _Deadline) -> None:
+    def add(self, d: _Deadline, loop: asyncio.AbstractEventLoop) -> None:
         self.open.add(d)
         if not self._armed:
             self._armed = True
-            due = self.loop.time() + TICK
-            self.loop.call_at(due, self._check, due)
+            due = loop.time() + TICK
+            loop.call_at(due, self._check, due)
 
     def _check(self, scheduled: float) -> None:
-        now = self.loop.time()
+        loop = self.loop()
+        if loop is None:
+            return
+        now = loop.time()
         held = now - scheduled > LATE  # this check ran late: the loop was held
         for d in [d for d in self.open if d.due <= now]:
             if held and d.granted < d.delay:
@@ -58,12 +62,24 @@ class _Watch:
                 d.expire()
         if self.open:
             due = now + TICK
-            self.loop.call_at(due, self._check, due)
+            loop.call_at(due, self._check, due)
         else:
             self._armed = False
 
 
 _watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watch] = weakref.WeakKeyDictionary()
+_last: _Watch | None = None  # the last one used: a WeakKeyDictionary lookup costs more
+
+
+def _watch(loop: asyncio.AbstractEventLoop) -> _Watch:
+    global _last
+    watch = _last
+    if watch is None or watch.loop() is not loop:
+        watch = _watches.get(loop)
+        if watch is None:
+            watch = _watches[loop] = _Watch(loop)
+        _last = watch
+    return watch
 
 
 class _Deadline:
@@ -85,13 +101,10 @@ class _Deadline:
             raise RuntimeError("deadline.timeout must be used inside a task")
         self._task = task
         self._cancelling = task.cancelling()
-        loop = asyncio.get_running_loop()
-        watch = _watches.get(loop)
-        if watch is None:
-            watch = _watches[loop] = _Watch(loop)
-        self._w = watch
+        loop = task.get_loop()
+        self._w = watch = _watch(loop)
         self.due = loop.time() + self.delay
-        watch.add(self)
+        watch.add(self, loop)
 
     def expire(self) -> None:
         self._w.open.discard(self)
