@@ -184,7 +184,8 @@ class _Properties(aiormq.spec.Basic.Properties):
     encoder looked up once instead of per property per message (pamqp dispatches on the
     type's name each time: ~8 us of a ~190 us webhook, issue 15)."""
 
-    __slots__ = ()
+    # No __slots__ of its own: pamqp reads the attribute list from `__slots__` (len(),
+    # iteration, and so truthiness: an empty one made aiormq publish default properties).
 
     def marshal(self) -> bytes:
         flags = 0
@@ -226,7 +227,7 @@ _ENCODERS = tuple(
         _Properties.flags[name],
         _table if name == "headers" else pamqp.encode.METHODS[_Properties.amqp_type(name)],
     )
-    for name in aiormq.spec.Basic.Properties.__slots__  # pamqp's order is the wire's
+    for name in _Properties.__slots__  # pamqp's order is the wire's
 )
 assert all(flag <= 0xFFFE for _, flag, _ in _ENCODERS)
 

@@ -41,4 +41,7 @@ def test_properties_marshal_as_pamqp_does(seed: int) -> None:
             timestamp=rng.choice([None, dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.UTC)]),
         )
         assert isinstance(p, aiormq.spec.Basic.Properties)
+        # aiormq publishes `properties or <defaults>`: pamqp's truthiness is len(__slots__)
+        assert p
+        assert dict(p) == dict(aiormq.spec.Basic.Properties(**dict(p)))
         assert p.marshal() == pamqp_marshal(p)
