@@ -141,7 +141,7 @@ async def serve(args: argparse.Namespace) -> None:
                 loop.add_reader(0, lambda: stop.set() if not os.read(0, 1) else None)
             await stop.wait()
             await runner.cleanup()
-            if "metrics" in app:  # what the bridge saw, for the benchmark's notes
+            if "metrics" in app and os.environ.get("BENCH_METRICS"):  # what the bridge saw
                 for line in app["metrics"].exposition().decode().splitlines():
                     if line.startswith(("oscc_bridge_webhook_duration", "oscc_bridge_publish")):
                         print(line, file=sys.stderr)
