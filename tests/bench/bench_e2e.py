@@ -337,6 +337,8 @@ async def measure(
         "per_s": throughput,
         "p50_ms": q[49] * 1000,
         "p99_ms": q[98] * 1000,
+        # p99 of 400 is the 4th slowest: these say whether a tail is many or a few
+        "slowest_ms": [round(x * 1000, 1) for x in latencies[-6:]],
         "cpu_us": cpu / n * 1e6,
         "peak_rss_kb": hwm,
         "simulator_busy": sim_busy,
@@ -395,6 +397,7 @@ async def run(
     for side, r in best.items():
         out[f"{side}_p50_ms"] = round(r["p50_ms"], 1)
         out[f"{side}_p99_ms"] = round(r["p99_ms"], 1)
+        out[f"{side}_slowest_ms"] = r["slowest_ms"]
         out[f"{side}_cpu_us"] = round(r["cpu_us"])
         out[f"{side}_peak_rss_kb"] = r["peak_rss_kb"]
         out[f"{side}_simulator_busy"] = round(r["simulator_busy"], 2)

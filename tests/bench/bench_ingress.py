@@ -21,6 +21,9 @@ The bridge and the bare webhook publish to one exchange, bound to a queue of
 the broker's) and its RSS (VmHWM, peak) are read around its run. Then latency: the bridge
 at a constant `rate` per second (open loop, timed from when each request was due).
 
+With BENCH_BEFORE=<another checkout> its bridge is measured too, as `bridge_before` (a
+before/after in one run: ``git archive <commit> | tar -x -C /tmp/before``).
+
     python tests/bench/bench_ingress.py [--seconds 8] [--concurrency 64] [--rounds 3]
                                         [--rate 500] [--queue-type quorum] [--no-nodered]
 
@@ -288,9 +291,11 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 @contextlib.asynccontextmanager
 async def server(
-    kind: str, prefix: str, queue_type: str, *options: str
+    kind: str, prefix: str, queue_type: str, *options: str, tree: str | None = None
 ) -> AsyncIterator[tuple[int, int]]:
-    """`servers.py kind` in a child process; (port, pid). Stops it on exit (stdin closes)."""
+    """`servers.py kind` in a child process, serving the bridge of checkout `tree` (default
+    this one); (port, pid). Stops it on exit (stdin closes)."""
+    env = {**os.environ, "BENCH_BRIDGE_TREE": tree} if tree else None
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(HERE / "servers.py"),
@@ -302,6 +307,7 @@ async def server(
         *options,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
+        env=env,
     )
     assert proc.stdout is not None
     assert proc.stdin is not None
@@ -482,6 +488,11 @@ async def start_sides(
         sides.append(
             Side(kind if kind == "bridge" else "bare_webhook", port, [pid], path, purge_sink)
         )
+    if before := os.environ.get("BENCH_BEFORE"):  # another checkout's bridge, same run
+        port, pid = await stack.enter_async_context(
+            server("bridge", prefix, queue_type, tree=before)
+        )
+        sides.append(Side("bridge_before", port, [pid], path, purge_sink))
     if workers > 1:
         pids, port = [], 0
         for _ in range(workers):

@@ -14,6 +14,9 @@ py-spy can attach to it alone:
 
     py-spy record -p <pid> -d 10 -o profile.svg &  wrk -t1 -c64 -d10s -s post.lua URL
 
+With ``BENCH_BRIDGE_TREE=<checkout>`` the bridge imported is that checkout's (bench_ingress
+measures it as ``bridge_before`` when ``BENCH_BEFORE=<checkout>`` is set).
+
 `--reuse-port` (bridge) binds with SO_REUSEPORT: several instances then share one port
 and the kernel spreads the connections (the scale-out figure of docs/PERFORMANCE.md).
 """
@@ -35,7 +38,8 @@ from pathlib import Path
 import aio_pika
 from aiohttp import web
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[2])]
+# BENCH_BRIDGE_TREE: serve the bridge of another checkout (a before/after in one run).
+sys.path[:0] = [os.environ.get("BENCH_BRIDGE_TREE") or str(Path(__file__).resolve().parents[2])]
 
 from bridge import logs  # noqa: E402
 from bridge.broker import Broker  # noqa: E402
