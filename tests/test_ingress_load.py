@@ -23,6 +23,7 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from bridge.broker import Broker
 from bridge.config import BrokerConfig
 from bridge.metrics import Metrics
 from bridge.publisher import Publisher
@@ -232,7 +233,8 @@ async def test_a_held_loop_does_not_turn_a_late_confirm_into_a_second_copy(
     try:
         async with (
             Spool(tmp_path / "spool", max_bytes=1 << 20, metrics=metrics) as spool,
-            Publisher(config, topology, connectors=[C], metrics=metrics, spool=spool) as pub,
+            Broker(config, topology, connectors=[C], metrics=metrics) as broker,
+            Publisher(broker, spool=spool) as pub,
         ):
             channel = await amqp.channel()
             queue = await channel.declare_queue(exclusive=True)
