@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import fcntl
 import inspect
@@ -576,4 +577,76 @@ async def simulator_process(
         yield match.group(1), proc.pid
     finally:
         proc.terminate()
+        await proc.wait()
+
+
+async def post_all(url: str, bodies: list[bytes]) -> collections.Counter[int]:
+    """POST every body at once, each on its own connection; answers by status (-1: no
+    answer)."""
+    statuses: collections.Counter[int] = collections.Counter()
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=180)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+
+        async def one(body: bytes) -> None:
+            try:
+                async with http.post(url, data=body) as r:
+                    await r.read()
+                    statuses[r.status] += 1
+            except (aiohttp.ClientError, TimeoutError):
+                statuses[-1] += 1
+
+        await asyncio.gather(*(one(b) for b in bodies))
+    return statuses
+
+
+POLLER = r"""
+import http.client, sys, time
+conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=120)
+worst, polls = 0.0, 0
+sys.stdout.write("ready\n"); sys.stdout.flush()
+while not sys.stdin.readline().startswith("stop"):
+    started = time.perf_counter()
+    conn.request("GET", "/healthz")
+    conn.getresponse().read()
+    worst = max(worst, time.perf_counter() - started)
+    polls += 1
+    sys.stdout.write("%f %d\n" % (worst, polls)); sys.stdout.flush()
+"""
+
+
+@contextlib.asynccontextmanager
+async def healthz_poller(port: int) -> AsyncIterator[Callable[[], tuple[float, int]]]:
+    """Poll /healthz from a child process about every 10 ms; yields a function that
+    returns the worst latency so far (seconds) and the number of polls."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", POLLER, str(port),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdin, stdout = proc.stdin, proc.stdout
+    assert stdin is not None
+    assert stdout is not None
+    await stdout.readline()
+    last = (0.0, 0)
+    stopping = asyncio.Event()
+
+    async def drive() -> None:
+        nonlocal last
+        while not stopping.is_set():
+            stdin.write(b"go\n")
+            await stdin.drain()
+            worst, polls = (await stdout.readline()).split()
+            last = (float(worst), int(polls))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.01):
+                    await stopping.wait()
+
+    task = asyncio.create_task(drive())
+    try:
+        yield lambda: last
+    finally:
+        stopping.set()
+        await task
+        stdin.write(b"stop\n")
+        await stdin.drain()
         await proc.wait()

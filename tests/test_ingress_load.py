@@ -11,12 +11,10 @@ generates does not delay the measurement. tests/bench/probe_wide.py prints the n
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
@@ -34,6 +32,8 @@ from tests.harness import (
     BridgeProcess,
     bridge_config,
     free_port,
+    healthz_poller,
+    post_all,
     sample,
     simulator_process,
     wait_until,
@@ -57,78 +57,6 @@ def wide_publication(n: int, size: int = 1_000_000, shape: str = "wide") -> byte
     body["objectToBePublished"]["id"] = f"wide-{n}"
     body["extra"] = "x" * size if shape == "string" else [{}] * (size // 3)
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-async def post_all(url: str, bodies: list[bytes]) -> collections.Counter[int]:
-    """POST every body at once, each on its own connection; answers by status (-1: no
-    answer)."""
-    statuses: collections.Counter[int] = collections.Counter()
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    timeout = aiohttp.ClientTimeout(total=180)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-
-        async def one(body: bytes) -> None:
-            try:
-                async with http.post(url, data=body) as r:
-                    await r.read()
-                    statuses[r.status] += 1
-            except (aiohttp.ClientError, TimeoutError):
-                statuses[-1] += 1
-
-        await asyncio.gather(*(one(b) for b in bodies))
-    return statuses
-
-
-POLLER = r"""
-import http.client, sys, time
-conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=120)
-worst, polls = 0.0, 0
-sys.stdout.write("ready\n"); sys.stdout.flush()
-while not sys.stdin.readline().startswith("stop"):
-    started = time.perf_counter()
-    conn.request("GET", "/healthz")
-    conn.getresponse().read()
-    worst = max(worst, time.perf_counter() - started)
-    polls += 1
-    sys.stdout.write("%f %d\n" % (worst, polls)); sys.stdout.flush()
-"""
-
-
-@contextlib.asynccontextmanager
-async def healthz_poller(port: int) -> AsyncIterator[Callable[[], tuple[float, int]]]:
-    """Poll /healthz from a child process about every 10 ms; yields a function that
-    returns the worst latency so far (seconds) and the number of polls."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", POLLER, str(port),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    stdin, stdout = proc.stdin, proc.stdout
-    assert stdin is not None
-    assert stdout is not None
-    await stdout.readline()
-    last = (0.0, 0)
-    stopping = asyncio.Event()
-
-    async def drive() -> None:
-        nonlocal last
-        while not stopping.is_set():
-            stdin.write(b"go\n")
-            await stdin.drain()
-            worst, polls = (await stdout.readline()).split()
-            last = (float(worst), int(polls))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.01):
-                    await stopping.wait()
-
-    task = asyncio.create_task(drive())
-    try:
-        yield lambda: last
-    finally:
-        stopping.set()
-        await task
-        stdin.write(b"stop\n")
-        await stdin.drain()
-        await proc.wait()
 
 
 @contextlib.asynccontextmanager

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
-import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +34,9 @@ from tests.harness import (
     BridgeProcess,
     bridge_config,
     free_port,
+    healthz_poller,
     message_count,
+    post_all,
     simulator_process,
 )
 
@@ -52,78 +51,6 @@ def wide_publication(size: int = 1_000_000, tag: str = "") -> bytes:
     body["objectToBePublished"]["id"] = f"wide-{tag}"
     body["extra"] = [{}] * (size // 3) if os.environ.get("PROBE_SHAPE") != "string" else "x" * size
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-async def post_all(url: str, bodies: list[bytes]) -> collections.Counter[int]:
-    """POST every body at once, each on its own connection."""
-    statuses: collections.Counter[int] = collections.Counter()
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=180)
-    ) as http:
-
-        async def one(body: bytes) -> None:
-            try:
-                async with http.post(url, data=body) as r:
-                    await r.read()
-                    statuses[r.status] += 1
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                statuses[-1] += 1
-                print("client error", type(exc).__name__, exc)
-
-        await asyncio.gather(*(one(b) for b in bodies))
-    return statuses
-
-
-POLLER = r"""
-import http.client, sys, time
-conn = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=60)
-worst, polls = 0.0, 0
-sys.stdout.write("ready\n"); sys.stdout.flush()
-while not sys.stdin.readline().startswith("stop"):
-    started = time.perf_counter()
-    conn.request("GET", "/healthz")
-    conn.getresponse().read()
-    worst = max(worst, time.perf_counter() - started)
-    polls += 1
-    sys.stdout.write("%f %d\n" % (worst, polls)); sys.stdout.flush()
-"""
-
-
-@contextlib.asynccontextmanager
-async def healthz_poller(port: int) -> AsyncIterator[Callable[[], tuple[float, int]]]:
-    """Poll /healthz from a child process (so the load this process generates does not
-    delay the measurement) about every 10 ms; yields a function returning the worst
-    latency in seconds so far and the number of polls."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", POLLER, str(port),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    await proc.stdout.readline()
-    last = [0.0, 0]
-    stopping = False
-
-    async def drive() -> None:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        while not stopping:
-            proc.stdin.write(b"go\n")
-            await proc.stdin.drain()
-            worst, polls = (await proc.stdout.readline()).split()
-            last[:] = [float(worst), int(polls)]
-            await asyncio.sleep(0.01)
-
-    task = asyncio.create_task(drive())
-    try:
-        yield lambda: (last[0], int(last[1]))
-    finally:
-        stopping = True
-        await task
-        proc.stdin.write(b"stop\n")
-        await proc.stdin.drain()
-        await proc.wait()
 
 
 async def metric(url: str, name: str) -> float:
