@@ -26,8 +26,9 @@ import contextlib
 import datetime as dt
 import inspect
 import itertools
+import os
+import random
 import time
-from random import getrandbits
 from typing import Any, Literal
 
 import aiormq
@@ -299,12 +300,18 @@ _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (4 << 76) | (0x8000 << 48)
 
 
+# A generator of our own, not the random module's: code sharing the process (a test's
+# hypothesis, an application's seeded simulation) must not see its state move under it.
+_ids = random.Random()  # seeded from os.urandom
+os.register_at_fork(after_in_child=_ids.seed)  # a forked child must not repeat our ids
+
+
 def new_message_id() -> str:
     """A random version 4 UUID in hex, as ``uuid.uuid4().hex`` gives, in a sixth of the
-    time: from the random module's generator (seeded from os.urandom, reseeded after a
-    fork) instead of 16 bytes asked of the kernel each time. A message id has to be
-    unique, not unguessable."""
-    return f"{getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    time: from a Mersenne Twister seeded from os.urandom (reseeded after a fork) instead of
+    16 bytes asked of the kernel each time. A message id has to be unique, not
+    unguessable."""
+    return f"{_ids.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
 
 
 def _record(
