@@ -18,12 +18,14 @@ the instances' coordination, not part of the public interface.
 from __future__ import annotations
 
 import datetime as dt
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import aio_pika
 import aiormq
+import pamqp.encode
 from aio_pika.abc import AbstractChannel, ExchangeType
 
 QueueType = Literal["quorum", "classic"]
@@ -177,6 +179,59 @@ def short_string(value: str | None) -> str | None:
     return None
 
 
+class _Properties(aiormq.spec.Basic.Properties):
+    """Basic.Properties that marshal as pamqp's do, byte for byte, with each property's
+    encoder looked up once instead of per property per message (pamqp dispatches on the
+    type's name each time: ~8 us of a ~190 us webhook, issue 15)."""
+
+    # No __slots__ of its own: pamqp reads the attribute list from `__slots__` (len(),
+    # iteration, and so truthiness: an empty one made aiormq publish default properties).
+
+    def marshal(self) -> bytes:
+        flags = 0
+        parts: list[bytes] = []
+        for name, flag, encoder in _ENCODERS:
+            value = getattr(self, name)
+            if value is not None and value != "":
+                flags |= flag
+                parts.append(encoder(value))
+        # 14 properties: the flags fit in one 16-bit word, no continuation bit.
+        return _FLAGS.pack(flags) + b"".join(parts)
+
+
+def _table(table: dict[str, Any]) -> bytes:
+    """A header table as pamqp's ``field_table`` encodes it (keys sorted, strings as long
+    strings), directly when every value is a string (the bridge's headers are), else by
+    pamqp itself."""
+    parts: list[bytes] = []
+    for key, value in sorted(table.items()):
+        if type(value) is not str or type(key) is not str:
+            return pamqp.encode.field_table(table)
+        k = key.encode()
+        if len(k) > 128:  # pamqp cuts (and warns): let it
+            return pamqp.encode.field_table(table)
+        v = value.encode()
+        parts += (_BYTE.pack(len(k)), k, b"S", _LONG.pack(len(v)), v)
+    if not parts:
+        return _LONG.pack(0)
+    data = b"".join(parts)
+    return _LONG.pack(len(data)) + data
+
+
+_FLAGS = struct.Struct(">H")
+_BYTE = struct.Struct(">B")
+_LONG = struct.Struct(">I")
+_ENCODERS = tuple(
+    (
+        name,
+        _Properties.flags[name],
+        _table if name == "headers" else pamqp.encode.METHODS[_Properties.amqp_type(name)],
+    )
+    for name in _Properties.__slots__  # pamqp's order is the wire's
+)
+assert all(flag <= 0xFFFE for _, flag, _ in _ENCODERS)
+
+
 def properties(
     *,
     connector: str,
@@ -190,7 +245,7 @@ def properties(
     """The AMQP properties every bridge message carries: persistent JSON, `message_id`,
     `timestamp`, `app_id`, `type` (the routing key without ``<c>.``) and header
     `oscc-connector`. The publisher's hot path sends these straight through aiormq."""
-    return aiormq.spec.Basic.Properties(
+    return _Properties(
         content_type="application/json",
         delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
         message_id=message_id,

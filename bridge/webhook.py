@@ -34,7 +34,6 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from aiohttp import hdrs, web
 from prometheus_client import Counter, Histogram
 
@@ -100,6 +99,12 @@ class _Message:
     correlation_id: str | None = None
     reply_to: str | None = None
     contact_id: str | None = None
+
+    def context(self, c: str) -> dict[str, Any]:
+        """What a log line about this message names. Passed to the few lines written on
+        the slow paths rather than bound with structlog's contextvars for every request
+        (binding and resetting three of them cost ~4 us a webhook: issue 15)."""
+        return {"connector": c, "routing_key": self.routing_key, "contact_id": self.contact_id}
 
 
 def _prepare(data: bytes, c: str, topology: Topology) -> _Message | str:
@@ -274,24 +279,26 @@ class Webhook:
             return _json(_WRONG_REQUEST, 400), "invalid", "rejected"
 
         m = prepared
-        with structlog.contextvars.bound_contextvars(
-            connector=c, routing_key=m.routing_key, contact_id=m.contact_id
-        ):
-            try:
-                outcome = await self.publisher.publish_or_spool(
-                    m.routing_key,
-                    m.body,
-                    connector=c,
-                    headers=m.headers,
-                    correlation_id=m.correlation_id,
-                    reply_to=m.reply_to,
-                )
-            except BrokerUnavailable as exc:
-                log.warning("webhook.refused", reason="broker down and spool full", error=exc.text)
-                response = _json(_NOT_READY, 503, {"Retry-After": str(RETRY_AFTER)})
-                return response, m.kind, "refused"
-            if outcome == "spooled":
-                log.debug("webhook.spooled")
+        try:
+            outcome = await self.publisher.publish_or_spool(
+                m.routing_key,
+                m.body,
+                connector=c,
+                headers=m.headers,
+                correlation_id=m.correlation_id,
+                reply_to=m.reply_to,
+            )
+        except BrokerUnavailable as exc:
+            log.warning(
+                "webhook.refused",
+                reason="broker down and spool full",
+                error=exc.text,
+                **m.context(c),
+            )
+            response = _json(_NOT_READY, 503, {"Retry-After": str(RETRY_AFTER)})
+            return response, m.kind, "refused"
+        if outcome == "spooled":
+            log.debug("webhook.spooled", **m.context(c))
         return _json(m.answer), m.kind, outcome
 
     async def _read(self, request: web.Request) -> bytes:

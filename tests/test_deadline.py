@@ -60,3 +60,56 @@ async def test_extensions_are_bounded() -> None:
         await held_over_and_over()
     # 0.2 s deadline + at most 0.2 s of grace, each step late by up to 0.3 s
     assert time.monotonic() - started < 2.0
+
+
+async def test_many_deadlines_expire_each_on_its_own() -> None:
+    """One watch checks every open deadline: the short ones expire, the answered and the
+    long ones do not, and the watch stops once none is open."""
+
+    async def wait(delay: float, answer_after: float | None) -> str:
+        try:
+            async with deadline.timeout(delay):
+                if answer_after is None:
+                    await asyncio.Event().wait()
+                await asyncio.sleep(answer_after)
+                return "answered"
+        except TimeoutError:
+            return "expired"
+
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(wait(0.1, None) for _ in range(20)),
+        *(wait(0.1, 0.01) for _ in range(20)),
+        *(wait(1.0, 0.3) for _ in range(20)),
+    )
+    assert results == ["expired"] * 20 + ["answered"] * 40
+    assert time.monotonic() - started < 1.0
+    watch = deadline._watch(asyncio.get_running_loop())
+    assert not watch.open
+
+
+def test_each_loop_has_its_own_watch() -> None:
+    """A deadline on a new loop works after the last one closed (the watch is per loop)."""
+
+    async def expires() -> bool:
+        try:
+            async with deadline.timeout(0.05):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            return True
+        return False
+
+    assert asyncio.run(expires())
+    assert asyncio.run(expires())
+
+
+async def test_someone_elses_cancellation_stays_a_cancellation() -> None:
+    async def wait() -> None:
+        async with deadline.timeout(5.0):
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(wait())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -11,7 +11,9 @@ confirm, ack. The queue is filled before the consumer starts, so only forwarding
                                        [--latency 0] [--rounds 2]
                                        [--queue-type quorum|classic]
 
-`run(...)` returns the numbers as a dict (for tests/bench/run.py). Target: ratio >= 0.70.
+`run(...)` returns the numbers as a dict (for tests/bench/run.py). Targets: ratio >= 0.70
+of the raw ceiling, and >= 1.5x the equivalent forwarder measured in the same run
+(`forwarder`: consume, POST, confirmed outcome, ack; the reference of issue 15).
 
 Sources: contacts of one source go to OSCC one after the other, so with fewer sources
 than prefetch (say 50 of 64) no more than that many are ever in flight, whatever the
@@ -56,6 +58,7 @@ AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
 BARE_TITLE, BARE_TOKEN = "bench-bare", "BENCHBARETOKEN0123456789"
 TARGET = 0.70
+FORWARDER_TARGET = 1.5  # x the equivalent forwarder (`forwarder`)
 NEW_CONTACT = "/openmedia/webapi/main/newContact"
 
 
@@ -94,24 +97,100 @@ async def count_accepted(http: aiohttp.ClientSession, url: str, title: str) -> i
     return sum(1 for row in rows if row["title"] == title and row["error_code"] == 0)
 
 
+async def register(http: aiohttp.ClientSession, url: str) -> dict[str, str]:
+    """Register BARE_TITLE with the simulator; the headers of its newContact POSTs."""
+    registration = {
+        "type": "Registration",
+        "webhookURL": "http://127.0.0.1:9/webhook/bench",
+        "openMedia": {"openMediaTitle": BARE_TITLE, "token": BARE_TOKEN},
+    }
+    async with http.post(f"{url}/openmedia/webapi/main/registerConnector", json=registration) as r:
+        answer = await r.json()
+    token = answer.get("sessionToken")
+    if not token:  # still registered from an earlier round
+        sessions = await (await http.get(f"{url}/admin/sessions")).json()
+        raise RuntimeError(f"bare client could not register: {answer} {sessions}")
+    return {"Content-Type": "application/json", "Authorization": token}
+
+
+async def forwarder(
+    url: str, bodies: list[bytes], prefetch: int, queue_type: str = "quorum"
+) -> tuple[float, float]:
+    """The equivalent forwarder, the reference issue 15 asks for: the same per-contact
+    work as the bridge's consumer without its checks: consume (manual ack, `prefetch`),
+    POST newContact, publish the outcome persistent with a confirm (to a queue of
+    `queue_type`, as the bridge's lands in one), ack. The queue is filled first; as
+    `through_bridge`, (contacts per second, CPU seconds of this process per contact)."""
+    prefix = f"bench-fwd-{uuid.uuid4().hex[:8]}"
+    args = {"x-queue-type": queue_type}
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=prefetch)
+        outcomes = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(prefix, aio_pika.ExchangeType.TOPIC)
+        contacts_q = await channel.declare_queue(f"{prefix}.contacts", durable=True, arguments=args)
+        outcome_q = await channel.declare_queue(f"{prefix}.outcomes", durable=True, arguments=args)
+        await contacts_q.bind(exchange, "fwd.contact.new")
+        await outcome_q.bind(exchange, "fwd.contact.*ed")
+        out_exchange = await outcomes.get_exchange(prefix, ensure=False)
+        for start in range(0, len(bodies), 500):
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(b, message_id=uuid.uuid4().hex, delivery_mode=2),
+                        "fwd.contact.new",
+                    )
+                    for b in bodies[start : start + 500]
+                )
+            )
+        done = asyncio.Event()
+        acked = failures = 0
+        async with aiohttp.ClientSession() as http:
+            headers = await register(http, url)
+
+            async def on_contact(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                nonlocal acked, failures
+                async with http.post(url + NEW_CONTACT, data=message.body, headers=headers) as r:
+                    answer = await r.read()
+                code = json.loads(answer).get("errorCode")
+                failures += code != 0
+                outcome = aio_pika.Message(
+                    answer,
+                    delivery_mode=2,
+                    content_type="application/json",
+                    correlation_id=message.message_id,
+                    message_id=uuid.uuid4().hex,
+                )
+                key = "fwd.contact.accepted" if code == 0 else "fwd.contact.rejected"
+                await out_exchange.publish(outcome, key)
+                await message.ack()
+                acked += 1
+                if acked == len(bodies):
+                    done.set()
+
+            started, cpu = time.perf_counter(), time.process_time()
+            tag = await contacts_q.consume(on_contact)
+            await done.wait()
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            await contacts_q.cancel(tag)
+            await http.delete(f"{url}/admin/sessions")
+            await reset(http, url)
+        for q in (contacts_q, outcome_q):
+            await q.delete(if_unused=False, if_empty=False)
+        await exchange.delete()
+    finally:
+        await connection.close()
+    if failures:
+        raise RuntimeError(f"forwarder: {failures} contacts not accepted")
+    return len(bodies) / elapsed, cpu / len(bodies)
+
+
 async def bare(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, float]:
-    """The ceiling: POST every body at `concurrency`; (contacts per second, CPU seconds
-    of this process per contact)."""
+    """The raw ceiling: POST every body at `concurrency`; (contacts per second, CPU
+    seconds of this process per contact)."""
     async with aiohttp.ClientSession() as http:
-        registration = {
-            "type": "Registration",
-            "webhookURL": "http://127.0.0.1:9/webhook/bench",
-            "openMedia": {"openMediaTitle": BARE_TITLE, "token": BARE_TOKEN},
-        }
-        async with http.post(
-            f"{url}/openmedia/webapi/main/registerConnector", json=registration
-        ) as r:
-            answer = await r.json()
-        token = answer.get("sessionToken")
-        if not token:  # still registered from an earlier round
-            sessions = await (await http.get(f"{url}/admin/sessions")).json()
-            raise RuntimeError(f"bare client could not register: {answer} {sessions}")
-        headers = {"Content-Type": "application/json", "Authorization": token}
+        headers = await register(http, url)
         queue = iter(bodies)
         failures = 0
 
@@ -228,13 +307,16 @@ async def run(
     bodies = contacts(n, sources)
     ceilings: list[tuple[float, float]] = []
     bridges: list[tuple[float, float]] = []
+    forwarders: list[tuple[float, float]] = []
     async with simulator_process(
         {TITLE: TOKEN, BARE_TITLE: BARE_TOKEN}, agent=False, latency=latency, session_ttl=3600.0
     ) as (url, _):
         for _ in range(rounds):
             ceilings.append(await bare(url, bodies, prefetch))
             bridges.append(await through_bridge(url, bodies, prefetch, queue_type))
+            forwarders.append(await forwarder(url, bodies, prefetch, queue_type))
     (ceiling, ceiling_cpu), (bridge, bridge_cpu) = max(ceilings), max(bridges)
+    fwd, fwd_cpu = max(forwarders)
     return {
         "bench": "egress",
         "n": n,
@@ -246,13 +328,26 @@ async def run(
         "bridge_per_s": round(bridge, 1),
         "ratio": round(bridge / ceiling, 3),
         "target": TARGET,
-        "ok": bridge / ceiling >= TARGET,
+        "ok": bridge / ceiling >= TARGET and bridge / fwd >= FORWARDER_TARGET,
         # CPU of the measuring process per contact (the simulator runs elsewhere)
         "ceiling_cpu_us": round(ceiling_cpu * 1e6),
         "bridge_cpu_us": round(bridge_cpu * 1e6),
+        # the equivalent forwarder (issue 15: the bridge stays >= FORWARDER_TARGET x it)
+        "forwarder_per_s": round(fwd, 1),
+        "forwarder_cpu_us": round(fwd_cpu * 1e6),
+        "ratio_vs_forwarder": round(bridge / fwd, 3),
+        "forwarder_target": FORWARDER_TARGET,
+        "forwarder_ok": bridge / fwd >= FORWARDER_TARGET,
+        # all in this process, one after the other: run.py reports its peak RSS
+        "references": {
+            "bridge": {"per_s": round(bridge, 1), "cpu_us": round(bridge_cpu * 1e6)},
+            "forwarder": {"per_s": round(fwd, 1), "cpu_us": round(fwd_cpu * 1e6)},
+            "raw_ceiling": {"per_s": round(ceiling, 1), "cpu_us": round(ceiling_cpu * 1e6)},
+        },
         "rounds": {
             "ceiling": [round(r) for r, _ in ceilings],
             "bridge": [round(r) for r, _ in bridges],
+            "forwarder": [round(r) for r, _ in forwarders],
         },
     }
 
@@ -274,7 +369,9 @@ def main() -> None:
         f"egress: ceiling {result['ceiling_per_s']:.0f}/s (bare aiohttp), "
         f"bridge {result['bridge_per_s']:.0f}/s, ratio {result['ratio']:.2f} "
         f"(target {TARGET:.2f}) {'OK' if result['ok'] else 'BELOW TARGET'}; CPU per contact "
-        f"{result['ceiling_cpu_us']} us bare, {result['bridge_cpu_us']} us bridge"
+        f"{result['ceiling_cpu_us']} us bare, {result['bridge_cpu_us']} us bridge; "
+        f"forwarder {result['forwarder_per_s']:.0f}/s ({result['forwarder_cpu_us']} us), "
+        f"bridge / forwarder {result['ratio_vs_forwarder']:.2f} (target {FORWARDER_TARGET})"
     )
     print(json.dumps(result))
 

@@ -41,14 +41,13 @@ BENCHES = ("ingress", "egress", "e2e")
 MARK = "BENCH-RESULT "
 # Smaller runs for --quick, applied only to keywords a module's run() accepts.
 QUICK: dict[str, dict[str, Any]] = {
-    "ingress": {"n": 2000, "rounds": 1},
+    "ingress": {"seconds": 2.0, "rounds": 1, "latency_seconds": 3.0},
     "egress": {"n": 2000, "rounds": 1},
     "e2e": {"n": 500, "latency_n": 100, "rounds": 1},
 }
 # What the ceiling is, when a result does not say it itself (key "ceiling" as text).
 CEILINGS = {
-    "ingress": "aio-pika alone publishing the same canonical bodies with confirms at the "
-    "same concurrency",
+    "ingress": "bare aiohttp + aio-pika webhook awaiting the same confirm (see the references)",
     "egress": "bare aiohttp client POSTing the same newContact bodies at the same "
     "concurrency to the same simulator",
     "e2e": "the bridge replaced by a bare aio-pika consumer + bare aiohttp webhook",
@@ -229,6 +228,41 @@ def rows(outcomes: list[Outcome]) -> tuple[list[str], list[list[str]], list[str]
     return header, table, notes
 
 
+def reference_rows(outcomes: list[Outcome]) -> tuple[list[str], list[list[str]]]:
+    """Every side a benchmark measured beside the bridge (its `references`), same run."""
+    header = [
+        "benchmark / side",
+        "per s",
+        "bridge ÷ side",
+        "p50 ms",
+        "p99 ms",
+        "CPU µs per message (process)",
+        "broker CPU µs per message",
+        "peak RSS MiB",
+    ]
+    table: list[list[str]] = []
+    for o in outcomes:
+        refs = o.result.get("references")
+        if not isinstance(refs, dict) or "bridge" not in refs:
+            continue
+        bridge = refs["bridge"]["per_s"]
+        for name, r in refs.items():
+            rss = r.get("peak_rss_kb")
+            table.append(
+                [
+                    f"{o.name} / {name}",
+                    fmt(r.get("per_s")),
+                    fmt(bridge / r["per_s"], 2) if r.get("per_s") else "-",
+                    fmt(r.get("p50_ms"), 1),
+                    fmt(r.get("p99_ms"), 1),
+                    fmt(r.get("cpu_us")),
+                    fmt(r.get("broker_us")),
+                    fmt(rss / 1024 if rss else None),
+                ]
+            )
+    return header, table
+
+
 def compact(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if not (k == "ceiling" and isinstance(v, str))}
 
@@ -273,9 +307,14 @@ def main() -> int:
         outcomes = [spawn(name, args.quick) for name in names]
     header, table, notes = rows(outcomes)
     print("\n" + plain(header, table))
+    ref_header, ref_table = reference_rows(outcomes)
+    if ref_table:
+        print("\n" + plain(ref_header, ref_table))
     for note in notes:
         print(f"  {note}")
     md = markdown(header, table, notes, context)
+    if ref_table:
+        md += "\n\n" + markdown(ref_header, ref_table, [], "references, same run").split("\n", 2)[2]
     print("\n" + md)
     (HERE / "last-run.md").write_text(md + "\n")
     print(f"\n(written to {HERE / 'last-run.md'})")
