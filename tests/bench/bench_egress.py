@@ -40,6 +40,7 @@ import aio_pika
 import aiohttp
 
 from bridge import logs
+from bridge.accepted import AcceptedLog
 from bridge.broker import Broker
 from bridge.config import BrokerConfig, Config, ConnectorConfig, HttpConfig, OsccConfig, SpoolConfig
 from bridge.consumer import Consumer
@@ -60,6 +61,13 @@ BARE_TITLE, BARE_TOKEN = "bench-bare", "BENCHBARETOKEN0123456789"
 TARGET = 0.70
 FORWARDER_TARGET = 1.5  # x the equivalent forwarder (`forwarder`)
 NEW_CONTACT = "/openmedia/webapi/main/newContact"
+# (name, shared accepted log, local fsync): production first, then the breakdown's
+VARIANTS = (
+    ("bridge", True, True),
+    ("no_shared_log", False, True),
+    ("no_fsync", True, False),
+    ("neither", False, False),
+)
 
 
 def contacts(n: int, sources: int) -> list[bytes]:
@@ -211,10 +219,33 @@ async def bare(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, 
     return len(bodies) / elapsed, cpu / len(bodies)
 
 
+class NoFsyncStore(DedupeStore):
+    """The dedupe store without its fsync (and thread hand-off): the line is still
+    written and the adds of one loop turn still released together. Breakdown only."""
+
+    async def _flush(self) -> None:
+        while self._waiters:
+            await asyncio.sleep(0)
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+
 async def through_bridge(
-    url: str, bodies: list[bytes], prefetch: int, queue_type: str = "quorum"
+    url: str,
+    bodies: list[bytes],
+    prefetch: int,
+    queue_type: str = "quorum",
+    *,
+    shared: bool = True,
+    fsync: bool = True,
 ) -> tuple[float, float]:
-    """Fill the queue, then time the consumer forwarding all of it; as `bare`."""
+    """Fill the queue, then time the consumer forwarding all of it; as `bare`.
+
+    As in production (duty.py), each accepted key also goes to the shared accepted log
+    (a stream, confirmed) and is fsync'd locally before the ack; `shared` False leaves
+    the log out, `fsync` False the local fsync (the breakdown's variants)."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     c = "fb"
     with tempfile.TemporaryDirectory() as spool:
@@ -258,7 +289,14 @@ async def through_bridge(
                 SessionSupervisor(config, config.connectors[0], client, metrics)
             )
             await supervisor.token(timeout=10)
-            dedupe = await stack.enter_async_context(DedupeStore.for_connector(spool, c))
+            store = DedupeStore if fsync else NoFsyncStore
+            dedupe = await stack.enter_async_context(store.for_connector(spool, c))
+            log = None
+            if shared:
+                log = await stack.enter_async_context(
+                    AcceptedLog(broker.connection, topology=topology, connector=c)
+                )
+                stack.push_async_callback(channel.queue_delete, topology.accepted_queue(c))
 
             def accepted() -> float:
                 # this family only: collecting the whole registry costs more than a contact
@@ -278,6 +316,7 @@ async def through_bridge(
                 client,
                 metrics,
                 dedupe,
+                accepted=log,
                 rng=random.Random(0),
             )
             started, cpu = time.perf_counter(), time.process_time()
@@ -302,12 +341,17 @@ async def run(
     latency: float = 0.0,
     rounds: int = 2,
     queue_type: str = "quorum",
+    breakdown: bool = False,
 ) -> dict[str, Any]:
-    """Measure ceiling and bridge `rounds` times, interleaved; keep the best of each."""
+    """Measure ceiling, bridge and forwarder `rounds` times, interleaved; keep the best of
+    each. `breakdown`: also the bridge without the shared accepted log, without the local
+    fsync, and without both (`variants`), in the same rounds."""
     bodies = contacts(n, sources)
     ceilings: list[tuple[float, float]] = []
     bridges: list[tuple[float, float]] = []
     forwarders: list[tuple[float, float]] = []
+    variants: dict[str, list[tuple[float, float]]] = {}
+    others = VARIANTS[1:] if breakdown else ()
     async with simulator_process(
         {TITLE: TOKEN, BARE_TITLE: BARE_TOKEN}, agent=False, latency=latency, session_ttl=3600.0
     ) as (url, _):
@@ -315,8 +359,15 @@ async def run(
             ceilings.append(await bare(url, bodies, prefetch))
             bridges.append(await through_bridge(url, bodies, prefetch, queue_type))
             forwarders.append(await forwarder(url, bodies, prefetch, queue_type))
+            for name, shared, fsync in others:
+                variants.setdefault(name, []).append(
+                    await through_bridge(
+                        url, bodies, prefetch, queue_type, shared=shared, fsync=fsync
+                    )
+                )
     (ceiling, ceiling_cpu), (bridge, bridge_cpu) = max(ceilings), max(bridges)
     fwd, fwd_cpu = max(forwarders)
+    best = {"bridge": (bridge, bridge_cpu)} | {k: max(v) for k, v in variants.items()}
     return {
         "bench": "egress",
         "n": n,
@@ -344,11 +395,17 @@ async def run(
             "forwarder": {"per_s": round(fwd, 1), "cpu_us": round(fwd_cpu * 1e6)},
             "raw_ceiling": {"per_s": round(ceiling, 1), "cpu_us": round(ceiling_cpu * 1e6)},
         },
+        # the bridge with parts of its per-contact durability left out (`breakdown`)
+        "variants": {
+            k: {"per_s": round(r, 1), "cpu_us": round(u * 1e6), "vs_forwarder": round(r / fwd, 3)}
+            for k, (r, u) in best.items()
+        },
         "rounds": {
             "ceiling": [round(r) for r, _ in ceilings],
             "bridge": [round(r) for r, _ in bridges],
             "forwarder": [round(r) for r, _ in forwarders],
-        },
+        }
+        | {k: [round(r) for r, _ in v] for k, v in variants.items()},
     }
 
 
@@ -360,10 +417,21 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also without the shared log / the fsync"
+    )
     args = parser.parse_args()
     logs.configure("warning", "console")
     result = asyncio.run(
-        run(args.n, args.prefetch, args.sources, args.latency, args.rounds, args.queue_type)
+        run(
+            args.n,
+            args.prefetch,
+            args.sources,
+            args.latency,
+            args.rounds,
+            args.queue_type,
+            args.breakdown,
+        )
     )
     print(
         f"egress: ceiling {result['ceiling_per_s']:.0f}/s (bare aiohttp), "
