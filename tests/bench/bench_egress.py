@@ -61,12 +61,14 @@ BARE_TITLE, BARE_TOKEN = "bench-bare", "BENCHBARETOKEN0123456789"
 TARGET = 0.70
 FORWARDER_TARGET = 1.5  # x the equivalent forwarder (`forwarder`)
 NEW_CONTACT = "/openmedia/webapi/main/newContact"
-# (name, shared accepted log, local fsync): production first, then the breakdown's
+# (name, shared accepted log, local fsync, one log message per key): production first,
+# then the breakdown's
 VARIANTS = (
-    ("bridge", True, True),
-    ("no_shared_log", False, True),
-    ("no_fsync", True, False),
-    ("neither", False, False),
+    ("bridge", True, True, False),
+    ("per_key_log", True, True, True),
+    ("no_shared_log", False, True, False),
+    ("no_fsync", True, False, False),
+    ("neither", False, False, False),
 )
 
 
@@ -122,13 +124,21 @@ async def register(http: aiohttp.ClientSession, url: str) -> dict[str, str]:
 
 
 async def forwarder(
-    url: str, bodies: list[bytes], prefetch: int, queue_type: str = "quorum"
+    url: str,
+    bodies: list[bytes],
+    prefetch: int,
+    queue_type: str = "quorum",
+    *,
+    serial: bool = False,
 ) -> tuple[float, float]:
     """The equivalent forwarder, the reference issue 15 asks for: the same per-contact
     work as the bridge's consumer without its checks: consume (manual ack, `prefetch`),
     POST newContact, publish the outcome persistent with a confirm (to a queue of
     `queue_type`, as the bridge's lands in one), ack. The queue is filled first; as
-    `through_bridge`, (contacts per second, CPU seconds of this process per contact)."""
+    `through_bridge`, (contacts per second, CPU seconds of this process per contact).
+    aio-pika runs each delivery's callback in a task of its own, so up to `prefetch`
+    contacts are in flight, as in the bridge; `serial` handles them one at a time
+    instead (a naive forwarder, for comparison only)."""
     prefix = f"bench-fwd-{uuid.uuid4().hex[:8]}"
     args = {"x-queue-type": queue_type}
     connection = await aio_pika.connect(AMQP_URL)
@@ -153,11 +163,16 @@ async def forwarder(
                 )
             )
         done = asyncio.Event()
+        one_at_a_time = asyncio.Lock() if serial else contextlib.nullcontext()
         acked = failures = 0
         async with aiohttp.ClientSession() as http:
             headers = await register(http, url)
 
             async def on_contact(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                async with one_at_a_time:
+                    await forward(message)
+
+            async def forward(message: aio_pika.abc.AbstractIncomingMessage) -> None:
                 nonlocal acked, failures
                 async with http.post(url + NEW_CONTACT, data=message.body, headers=headers) as r:
                     answer = await r.read()
@@ -232,6 +247,14 @@ class NoFsyncStore(DedupeStore):
                     w.set_result(None)
 
 
+class PerKeyLog(AcceptedLog):
+    """The accepted log as it was before its group commit: one confirmed message per
+    key (the "before" of docs/PERFORMANCE.md's Egress section). Breakdown only."""
+
+    async def record(self, key: str) -> None:
+        await self._append(key.encode(), "accepted", message_id=None)
+
+
 async def through_bridge(
     url: str,
     bodies: list[bytes],
@@ -240,12 +263,14 @@ async def through_bridge(
     *,
     shared: bool = True,
     fsync: bool = True,
+    per_key: bool = False,
 ) -> tuple[float, float]:
     """Fill the queue, then time the consumer forwarding all of it; as `bare`.
 
-    As in production (duty.py), each accepted key also goes to the shared accepted log
-    (a stream, confirmed) and is fsync'd locally before the ack; `shared` False leaves
-    the log out, `fsync` False the local fsync (the breakdown's variants)."""
+        As in production (duty.py), each accepted key also goes to the shared accepted log
+        (a stream, confirmed) and is fsync'd locally before the ack; `shared` False leaves
+        the log out, `fsync` False the local fsync, `per_key` records one message per key (the
+    breakdown's variants)."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     c = "fb"
     with tempfile.TemporaryDirectory() as spool:
@@ -294,7 +319,9 @@ async def through_bridge(
             log = None
             if shared:
                 log = await stack.enter_async_context(
-                    AcceptedLog(broker.connection, topology=topology, connector=c)
+                    (PerKeyLog if per_key else AcceptedLog)(
+                        broker.connection, topology=topology, connector=c
+                    )
                 )
                 stack.push_async_callback(channel.queue_delete, topology.accepted_queue(c))
 
@@ -351,6 +378,7 @@ async def run(
     bridges: list[tuple[float, float]] = []
     forwarders: list[tuple[float, float]] = []
     variants: dict[str, list[tuple[float, float]]] = {}
+    serials: list[tuple[float, float]] = []
     others = VARIANTS[1:] if breakdown else ()
     async with simulator_process(
         {TITLE: TOKEN, BARE_TITLE: BARE_TOKEN}, agent=False, latency=latency, session_ttl=3600.0
@@ -359,15 +387,25 @@ async def run(
             ceilings.append(await bare(url, bodies, prefetch))
             bridges.append(await through_bridge(url, bodies, prefetch, queue_type))
             forwarders.append(await forwarder(url, bodies, prefetch, queue_type))
-            for name, shared, fsync in others:
+            if breakdown:
+                serials.append(await forwarder(url, bodies, prefetch, queue_type, serial=True))
+            for name, shared, fsync, per_key in others:
                 variants.setdefault(name, []).append(
                     await through_bridge(
-                        url, bodies, prefetch, queue_type, shared=shared, fsync=fsync
+                        url,
+                        bodies,
+                        prefetch,
+                        queue_type,
+                        shared=shared,
+                        fsync=fsync,
+                        per_key=per_key,
                     )
                 )
     (ceiling, ceiling_cpu), (bridge, bridge_cpu) = max(ceilings), max(bridges)
     fwd, fwd_cpu = max(forwarders)
     best = {"bridge": (bridge, bridge_cpu)} | {k: max(v) for k, v in variants.items()}
+    if serials:
+        best["forwarder_one_at_a_time"] = max(serials)
     return {
         "bench": "egress",
         "n": n,
@@ -405,7 +443,8 @@ async def run(
             "bridge": [round(r) for r, _ in bridges],
             "forwarder": [round(r) for r, _ in forwarders],
         }
-        | {k: [round(r) for r, _ in v] for k, v in variants.items()},
+        | {k: [round(r) for r, _ in v] for k, v in variants.items()}
+        | ({"forwarder_one_at_a_time": [round(r) for r, _ in serials]} if serials else {}),
     }
 
 
