@@ -139,6 +139,9 @@ class AcceptedLog(Service):
                     else BrokerUnavailable(f"{self.queue_name}: not confirmed: {exc!r}")
                 )
                 self._fail(batch, error)
+            except BaseException:  # cancelled by `stop`: this batch is not confirmed
+                self._fail(batch, BrokerUnavailable(f"{self.queue_name}: log stopped"))
+                raise
             else:
                 for _, w in batch:
                     if not w.done():

@@ -138,3 +138,17 @@ async def test_a_record_waiting_when_the_log_stops_fails(owners) -> None:  # typ
     await log.stop()
     with pytest.raises(BrokerUnavailable):
         await pending
+
+
+async def test_a_record_in_flight_when_the_log_stops_fails(owners) -> None:  # type: ignore[no-untyped-def]
+    """Stopped while its message awaits the confirm: the record fails, it does not hang."""
+    from bridge.errors import BrokerUnavailable
+
+    log = await owners()
+    pending = asyncio.ensure_future(log.record("in-flight"))
+    await asyncio.sleep(0)  # queued
+    await asyncio.sleep(0)  # the flusher's first turn: it takes the batch
+    await asyncio.sleep(0)  # and publishes it, awaiting the confirm
+    await log.stop()
+    with pytest.raises(BrokerUnavailable):
+        await asyncio.wait_for(pending, 5)
