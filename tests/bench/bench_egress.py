@@ -4,12 +4,16 @@ The ceiling is measured in the same run: the same newContact POSTs, sent by a ba
 client at the same concurrency (= broker.prefetch) to the same simulator. The simulator
 runs in a process of its own, so it does not share a core with what is measured. The
 bridge side does everything it does in production: consume with manual ack, decode and
-check limits, per-source lanes, POST, fsync the dedupe key, publish the outcome with a
-confirm, ack. The queue is filled before the consumer starts, so only forwarding is timed.
+check limits, per-source lanes, POST, fsync the dedupe key and append it to the shared
+accepted log (confirmed), publish the outcome with a confirm, ack. ``--breakdown`` adds,
+in the same rounds, the bridge without the shared log, without the fsync, without both,
+with the log's former one-message-per-key, and a forwarder handling one contact at a time
+(docs/PERFORMANCE.md, Egress). The queue is filled before the consumer starts, so only
+forwarding is timed.
 
     python tests/bench/bench_egress.py [--n 5000] [--prefetch 64] [--sources 1000]
                                        [--latency 0] [--rounds 2]
-                                       [--queue-type quorum|classic]
+                                       [--queue-type quorum|classic] [--breakdown]
 
 `run(...)` returns the numbers as a dict (for tests/bench/run.py). Targets: ratio >= 0.70
 of the raw ceiling, and >= 1.5x the equivalent forwarder measured in the same run
