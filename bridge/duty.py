@@ -107,6 +107,7 @@ class Duty(Service):
                 topology=self.broker.topology,
                 connector=c.name,
                 max_age=self.dedupe.max_age,
+                confirm_timeout=self.config.broker.confirm_timeout,
             )
         await self.accepted.start()
         ownership = Ownership(

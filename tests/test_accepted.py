@@ -85,3 +85,70 @@ async def test_record_before_start_is_an_error(prefix: str) -> None:
         log = AcceptedLog(connection, topology=Topology(prefix), connector=CONNECTOR)
         with pytest.raises(RuntimeError):
             await log.record("k")
+
+
+async def test_keys_recorded_together_share_one_message(
+    owners, prefix: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Group commit: 200 concurrent records make far fewer stream messages than keys,
+    every record returns only once its key is confirmed, and a reader gets them all."""
+    writer = await owners()
+    keys = [f"g-{i}" for i in range(200)]
+    await asyncio.gather(*(writer.record(k) for k in keys))
+    async with await aio_pika.connect(AMQP_URL) as connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(
+            Topology(prefix).accepted_queue(CONNECTOR), durable=True, arguments=writer.arguments()
+        )
+        messages = queue.declaration_result.message_count
+    assert messages is not None
+    assert messages < 20, messages
+    reader = await owners()
+    async with DedupeStore(tmp_path) as store:
+        assert await reader.load_into(store) == 200
+        assert all(k in store for k in keys)
+
+
+async def test_single_key_messages_of_earlier_versions_still_load(
+    owners, prefix: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A stream written one key per message (type "accepted") loads beside batches."""
+    writer = await owners()
+    await writer.record("new-1")
+    async with await aio_pika.connect(AMQP_URL) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        for key in ("old-1", "old\\n2"):
+            await channel.default_exchange.publish(
+                aio_pika.Message(key.encode(), type="accepted", delivery_mode=2),
+                routing_key=Topology(prefix).accepted_queue(CONNECTOR),
+            )
+    reader = await owners()
+    async with DedupeStore(tmp_path) as store:
+        assert await reader.load_into(store) == 3
+        assert all(k in store for k in ("new-1", "old-1", "old\\n2"))
+
+
+async def test_a_record_waiting_when_the_log_stops_fails(owners) -> None:  # type: ignore[no-untyped-def]
+    """Stopping the log fails what it has not confirmed: never a silent success."""
+    from bridge.errors import BrokerUnavailable
+
+    log = await owners()
+    pending = asyncio.ensure_future(log.record("late"))
+    await asyncio.sleep(0)  # the record is queued; its flusher has not run yet
+    await log.stop()
+    with pytest.raises(BrokerUnavailable):
+        await pending
+
+
+async def test_a_record_in_flight_when_the_log_stops_fails(owners) -> None:  # type: ignore[no-untyped-def]
+    """Stopped while its message awaits the confirm: the record fails, it does not hang."""
+    from bridge.errors import BrokerUnavailable
+
+    log = await owners()
+    pending = asyncio.ensure_future(log.record("in-flight"))
+    await asyncio.sleep(0)  # queued
+    await asyncio.sleep(0)  # the flusher's first turn: it takes the batch
+    await asyncio.sleep(0)  # and publishes it, awaiting the confirm
+    await log.stop()
+    with pytest.raises(BrokerUnavailable):
+        await asyncio.wait_for(pending, 5)

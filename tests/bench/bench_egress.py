@@ -4,12 +4,16 @@ The ceiling is measured in the same run: the same newContact POSTs, sent by a ba
 client at the same concurrency (= broker.prefetch) to the same simulator. The simulator
 runs in a process of its own, so it does not share a core with what is measured. The
 bridge side does everything it does in production: consume with manual ack, decode and
-check limits, per-source lanes, POST, fsync the dedupe key, publish the outcome with a
-confirm, ack. The queue is filled before the consumer starts, so only forwarding is timed.
+check limits, per-source lanes, POST, fsync the dedupe key and append it to the shared
+accepted log (confirmed), publish the outcome with a confirm, ack. ``--breakdown`` adds,
+in the same rounds, the bridge without the shared log, without the fsync, without both,
+with the log's former one-message-per-key, and a forwarder handling one contact at a time
+(docs/PERFORMANCE.md, Egress). The queue is filled before the consumer starts, so only
+forwarding is timed.
 
     python tests/bench/bench_egress.py [--n 5000] [--prefetch 64] [--sources 1000]
                                        [--latency 0] [--rounds 2]
-                                       [--queue-type quorum|classic]
+                                       [--queue-type quorum|classic] [--breakdown]
 
 `run(...)` returns the numbers as a dict (for tests/bench/run.py). Targets: ratio >= 0.70
 of the raw ceiling, and >= 1.5x the equivalent forwarder measured in the same run
@@ -40,6 +44,7 @@ import aio_pika
 import aiohttp
 
 from bridge import logs
+from bridge.accepted import AcceptedLog
 from bridge.broker import Broker
 from bridge.config import BrokerConfig, Config, ConnectorConfig, HttpConfig, OsccConfig, SpoolConfig
 from bridge.consumer import Consumer
@@ -60,6 +65,15 @@ BARE_TITLE, BARE_TOKEN = "bench-bare", "BENCHBARETOKEN0123456789"
 TARGET = 0.70
 FORWARDER_TARGET = 1.5  # x the equivalent forwarder (`forwarder`)
 NEW_CONTACT = "/openmedia/webapi/main/newContact"
+# (name, shared accepted log, local fsync, one log message per key): production first,
+# then the breakdown's
+VARIANTS = (
+    ("bridge", True, True, False),
+    ("per_key_log", True, True, True),
+    ("no_shared_log", False, True, False),
+    ("no_fsync", True, False, False),
+    ("neither", False, False, False),
+)
 
 
 def contacts(n: int, sources: int) -> list[bytes]:
@@ -114,13 +128,21 @@ async def register(http: aiohttp.ClientSession, url: str) -> dict[str, str]:
 
 
 async def forwarder(
-    url: str, bodies: list[bytes], prefetch: int, queue_type: str = "quorum"
+    url: str,
+    bodies: list[bytes],
+    prefetch: int,
+    queue_type: str = "quorum",
+    *,
+    serial: bool = False,
 ) -> tuple[float, float]:
     """The equivalent forwarder, the reference issue 15 asks for: the same per-contact
     work as the bridge's consumer without its checks: consume (manual ack, `prefetch`),
     POST newContact, publish the outcome persistent with a confirm (to a queue of
     `queue_type`, as the bridge's lands in one), ack. The queue is filled first; as
-    `through_bridge`, (contacts per second, CPU seconds of this process per contact)."""
+    `through_bridge`, (contacts per second, CPU seconds of this process per contact).
+    aio-pika runs each delivery's callback in a task of its own, so up to `prefetch`
+    contacts are in flight, as in the bridge; `serial` handles them one at a time
+    instead (a naive forwarder, for comparison only)."""
     prefix = f"bench-fwd-{uuid.uuid4().hex[:8]}"
     args = {"x-queue-type": queue_type}
     connection = await aio_pika.connect(AMQP_URL)
@@ -145,11 +167,16 @@ async def forwarder(
                 )
             )
         done = asyncio.Event()
+        one_at_a_time = asyncio.Lock() if serial else contextlib.nullcontext()
         acked = failures = 0
         async with aiohttp.ClientSession() as http:
             headers = await register(http, url)
 
             async def on_contact(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                async with one_at_a_time:
+                    await forward(message)
+
+            async def forward(message: aio_pika.abc.AbstractIncomingMessage) -> None:
                 nonlocal acked, failures
                 async with http.post(url + NEW_CONTACT, data=message.body, headers=headers) as r:
                     answer = await r.read()
@@ -211,10 +238,43 @@ async def bare(url: str, bodies: list[bytes], concurrency: int) -> tuple[float, 
     return len(bodies) / elapsed, cpu / len(bodies)
 
 
+class NoFsyncStore(DedupeStore):
+    """The dedupe store without its fsync (and thread hand-off): the line is still
+    written and the adds of one loop turn still released together. Breakdown only."""
+
+    async def _flush(self) -> None:
+        while self._waiters:
+            await asyncio.sleep(0)
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+
+class PerKeyLog(AcceptedLog):
+    """The accepted log as it was before its group commit: one confirmed message per
+    key (the "before" of docs/PERFORMANCE.md's Egress section). Breakdown only."""
+
+    async def record(self, key: str) -> None:
+        await self._append(key.encode(), "accepted", message_id=None)
+
+
 async def through_bridge(
-    url: str, bodies: list[bytes], prefetch: int, queue_type: str = "quorum"
+    url: str,
+    bodies: list[bytes],
+    prefetch: int,
+    queue_type: str = "quorum",
+    *,
+    shared: bool = True,
+    fsync: bool = True,
+    per_key: bool = False,
 ) -> tuple[float, float]:
-    """Fill the queue, then time the consumer forwarding all of it; as `bare`."""
+    """Fill the queue, then time the consumer forwarding all of it; as `bare`.
+
+        As in production (duty.py), each accepted key also goes to the shared accepted log
+        (a stream, confirmed) and is fsync'd locally before the ack; `shared` False leaves
+        the log out, `fsync` False the local fsync, `per_key` records one message per key (the
+    breakdown's variants)."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     c = "fb"
     with tempfile.TemporaryDirectory() as spool:
@@ -258,7 +318,16 @@ async def through_bridge(
                 SessionSupervisor(config, config.connectors[0], client, metrics)
             )
             await supervisor.token(timeout=10)
-            dedupe = await stack.enter_async_context(DedupeStore.for_connector(spool, c))
+            store = DedupeStore if fsync else NoFsyncStore
+            dedupe = await stack.enter_async_context(store.for_connector(spool, c))
+            log = None
+            if shared:
+                log = await stack.enter_async_context(
+                    (PerKeyLog if per_key else AcceptedLog)(
+                        broker.connection, topology=topology, connector=c
+                    )
+                )
+                stack.push_async_callback(channel.queue_delete, topology.accepted_queue(c))
 
             def accepted() -> float:
                 # this family only: collecting the whole registry costs more than a contact
@@ -278,6 +347,7 @@ async def through_bridge(
                 client,
                 metrics,
                 dedupe,
+                accepted=log,
                 rng=random.Random(0),
             )
             started, cpu = time.perf_counter(), time.process_time()
@@ -302,12 +372,18 @@ async def run(
     latency: float = 0.0,
     rounds: int = 2,
     queue_type: str = "quorum",
+    breakdown: bool = False,
 ) -> dict[str, Any]:
-    """Measure ceiling and bridge `rounds` times, interleaved; keep the best of each."""
+    """Measure ceiling, bridge and forwarder `rounds` times, interleaved; keep the best of
+    each. `breakdown`: also the bridge without the shared accepted log, without the local
+    fsync, and without both (`variants`), in the same rounds."""
     bodies = contacts(n, sources)
     ceilings: list[tuple[float, float]] = []
     bridges: list[tuple[float, float]] = []
     forwarders: list[tuple[float, float]] = []
+    variants: dict[str, list[tuple[float, float]]] = {}
+    serials: list[tuple[float, float]] = []
+    others = VARIANTS[1:] if breakdown else ()
     async with simulator_process(
         {TITLE: TOKEN, BARE_TITLE: BARE_TOKEN}, agent=False, latency=latency, session_ttl=3600.0
     ) as (url, _):
@@ -315,8 +391,25 @@ async def run(
             ceilings.append(await bare(url, bodies, prefetch))
             bridges.append(await through_bridge(url, bodies, prefetch, queue_type))
             forwarders.append(await forwarder(url, bodies, prefetch, queue_type))
+            if breakdown:
+                serials.append(await forwarder(url, bodies, prefetch, queue_type, serial=True))
+            for name, shared, fsync, per_key in others:
+                variants.setdefault(name, []).append(
+                    await through_bridge(
+                        url,
+                        bodies,
+                        prefetch,
+                        queue_type,
+                        shared=shared,
+                        fsync=fsync,
+                        per_key=per_key,
+                    )
+                )
     (ceiling, ceiling_cpu), (bridge, bridge_cpu) = max(ceilings), max(bridges)
     fwd, fwd_cpu = max(forwarders)
+    best = {"bridge": (bridge, bridge_cpu)} | {k: max(v) for k, v in variants.items()}
+    if serials:
+        best["forwarder_one_at_a_time"] = max(serials)
     return {
         "bench": "egress",
         "n": n,
@@ -344,11 +437,18 @@ async def run(
             "forwarder": {"per_s": round(fwd, 1), "cpu_us": round(fwd_cpu * 1e6)},
             "raw_ceiling": {"per_s": round(ceiling, 1), "cpu_us": round(ceiling_cpu * 1e6)},
         },
+        # the bridge with parts of its per-contact durability left out (`breakdown`)
+        "variants": {
+            k: {"per_s": round(r, 1), "cpu_us": round(u * 1e6), "vs_forwarder": round(r / fwd, 3)}
+            for k, (r, u) in best.items()
+        },
         "rounds": {
             "ceiling": [round(r) for r, _ in ceilings],
             "bridge": [round(r) for r, _ in bridges],
             "forwarder": [round(r) for r, _ in forwarders],
-        },
+        }
+        | {k: [round(r) for r, _ in v] for k, v in variants.items()}
+        | ({"forwarder_one_at_a_time": [round(r) for r, _ in serials]} if serials else {}),
     }
 
 
@@ -360,10 +460,21 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also without the shared log / the fsync"
+    )
     args = parser.parse_args()
     logs.configure("warning", "console")
     result = asyncio.run(
-        run(args.n, args.prefetch, args.sources, args.latency, args.rounds, args.queue_type)
+        run(
+            args.n,
+            args.prefetch,
+            args.sources,
+            args.latency,
+            args.rounds,
+            args.queue_type,
+            args.breakdown,
+        )
     )
     print(
         f"egress: ceiling {result['ceiling_per_s']:.0f}/s (bare aiohttp), "
