@@ -141,9 +141,16 @@ class Topology:
                 await q.bind(main, key)
 
     async def delete(self, channel: AbstractChannel, connectors: Iterable[str]) -> None:
-        """Remove everything `declare` made (tests clean up with this)."""
+        """Remove everything `declare` made, and the lease and accepted-keys queues that
+        ownership.py and accepted.py declare (tests and the demo clean up with this)."""
         for c in connectors:
-            for q in (self.contact_queue(c), self.stream_response_queue(c), self.dead_queue(c)):
+            for q in (
+                self.contact_queue(c),
+                self.stream_response_queue(c),
+                self.dead_queue(c),
+                self.owner_queue(c),
+                self.accepted_queue(c),
+            ):
                 await channel.queue_delete(q)
         await channel.queue_delete(self.unrouted)
         for x in (self.exchange, self.dead_exchange, self.unrouted):

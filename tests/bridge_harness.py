@@ -230,9 +230,6 @@ async def delete_topology(url: str, topology: Topology, connectors: Iterable[str
     async with connection:
         channel = await connection.channel()
         await topology.delete(channel, list(connectors))
-        for c in connectors:  # declared by ownership.py and accepted.py, not by `declare`
-            await channel.queue_delete(topology.owner_queue(c))
-            await channel.queue_delete(topology.accepted_queue(c))
 
 
 @asynccontextmanager
