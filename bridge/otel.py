@@ -156,6 +156,17 @@ class Tracing:
 
         return traced
 
+    @contextmanager
+    def _span(self, name: str, **options: Any) -> Iterator[Span]:
+        """The current span `name`; a failure inside it sets error.type and the status,
+        never the exception's message (it may quote a URL with its password)."""
+        with self.tracer.start_as_current_span(name, **options, **_NO_EXCEPTIONS) as span:
+            try:
+                yield span
+            except BaseException as exc:
+                _failed(span, exc)
+                raise
+
     # -- publishing ---------------------------------------------------------------------
     def producer(self, send: Send[T], exchange: str) -> Send[T]:
         """`send` in a PRODUCER span whose context goes into the record's headers (so it
@@ -208,19 +219,14 @@ class Tracing:
         if exchange:
             # On the default exchange the routing key is a reply_to queue a client chose.
             attributes["messaging.rabbitmq.destination.routing_key"] = record.routing_key
-        with self.tracer.start_as_current_span(
+        with self._span(
             f"publish {exchange}" if exchange else "publish",
             context=parent,
             kind=SpanKind.PRODUCER,
             attributes=attributes,
             links=links,
-            **_NO_EXCEPTIONS,
         ) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                _failed(span, exc)
-                raise
+            yield span
 
     # -- consuming ----------------------------------------------------------------------
     def consumer(self, work: WorkFn, connector: str) -> WorkFn:
@@ -239,18 +245,13 @@ class Tracing:
             }
             if m.message_id:
                 attributes["messaging.message.id"] = m.message_id
-            with self.tracer.start_as_current_span(
+            with self._span(
                 f"process {item.kind.queue}",
                 context=self.propagator.extract(m.headers or {}, getter=_HEADERS),
                 kind=SpanKind.CONSUMER,
                 attributes=attributes,
-                **_NO_EXCEPTIONS,
-            ) as span:
-                try:
-                    await work(item, lane)
-                except BaseException as exc:
-                    _failed(span, exc)
-                    raise
+            ):
+                await work(item, lane)
 
         return traced
 
@@ -276,14 +277,8 @@ class Tracing:
             "server.address": parts.hostname or "",
             "server.port": parts.port or (443 if parts.scheme == "https" else 80),
         }
-        with self.tracer.start_as_current_span(
-            "POST", kind=SpanKind.CLIENT, attributes=attributes, **_NO_EXCEPTIONS
-        ) as span:
-            try:
-                yield span
-            except BaseException as exc:
-                _failed(span, exc)
-                raise
+        with self._span("POST", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            yield span
 
     @staticmethod
     def http_answered(span: Span, status: int, code: int | None) -> None:

@@ -30,6 +30,7 @@ import collections
 import contextlib
 import fcntl
 import inspect
+import json
 import os
 import random
 import re
@@ -106,12 +107,16 @@ def bridge_config(
     log_level: str = "info",
     listen_for_events: bool = True,
     amqp_url: str = AMQP_URL,
+    amqp_urls: list[str] | None = None,
+    extra: str = "",
 ) -> str:
     """TOML for a bridge on 127.0.0.1:`port` with exchange `prefix` on the broker at
-    `amqp_url`; connectors are (name, title, token)."""
+    `amqp_url` (or the cluster `amqp_urls`); connectors are (name, title, token); `extra`
+    is TOML of further tables (``[ha]`` ...)."""
+    broker = f"urls = {json.dumps(amqp_urls)}" if amqp_urls else f'url = "{amqp_url}"'
     text = f"""
 [broker]
-url = "{amqp_url}"
+{broker}
 exchange = "{prefix}"
 prefetch = {prefetch}
 confirm_timeout = {confirm_timeout}
@@ -132,7 +137,8 @@ dir = "{spool_dir}"
 [log]
 level = "{log_level}"
 format = "json"
-"""
+
+{extra}"""
     for name, title, token in connectors:
         text += f"""
 [[connectors]]

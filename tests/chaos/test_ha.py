@@ -41,6 +41,7 @@ from tests.harness import (
     BridgeProcess,
     PrivateBrokers,
     RabbitNode,
+    bridge_config,
     chaos_lock,
     free_port,
     wait_until,
@@ -62,40 +63,20 @@ def ha_config(
     *, prefix: str, urls: list[str], oscc_url: str, port: int, spool_dir: Path, instance: str
 ) -> str:
     """TOML of one instance: same broker, exchange and connector as the others."""
-    return f"""
-[broker]
-urls = {json.dumps(urls)}
-exchange = "{prefix}"
-prefetch = {PREFETCH}
-confirm_timeout = 3.0
-
-[http]
-host = "127.0.0.1"
-port = {port}
-public_url = "http://127.0.0.1:{port}"
-
-[oscc]
-url = "{oscc_url}"
-keepalive_interval = 1.0
-request_timeout = 5.0
-
-[spool]
-dir = "{spool_dir}"
-
-[ha]
-instance = "{instance}"
-fence_after = {FENCE_AFTER}
-
-[log]
-level = "info"
-format = "json"
-
-[[connectors]]
-name = "{C}"
-title = "{TITLE}"
-token = "{TOKEN}"
-listen_for_events = false
-"""
+    return bridge_config(
+        prefix=prefix,
+        oscc_url=oscc_url,
+        port=port,
+        spool_dir=spool_dir,
+        connectors=[(C, TITLE, TOKEN)],
+        keepalive=1.0,
+        request_timeout=5.0,
+        prefetch=PREFETCH,
+        confirm_timeout=3.0,
+        listen_for_events=False,
+        amqp_urls=urls,
+        extra=f'[ha]\ninstance = "{instance}"\nfence_after = {FENCE_AFTER}\n',
+    )
 
 
 def _ts(line: dict[str, Any]) -> float:
