@@ -350,8 +350,11 @@ async def test_trickled_body_is_cut_off(prefix: str, tmp_path: Path) -> None:
             async with asyncio.timeout(5):
                 answer = await reader.read(65536)
                 elapsed = time.monotonic() - started
-                while chunk := await reader.read(65536):  # then closed
-                    answer += chunk
+                # Stop writing: bytes that reach the closed socket come back as a reset.
+                sender.cancel()
+                with contextlib.suppress(ConnectionResetError):  # a reset is a close too
+                    while chunk := await reader.read(65536):  # then closed
+                        answer += chunk
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
@@ -379,7 +382,11 @@ async def test_slowloris_headers_are_cut_off(prefix: str, tmp_path: Path) -> Non
         sender = asyncio.create_task(drip())
         try:
             async with asyncio.timeout(5):
-                assert await reader.read() == b""
+                try:
+                    closed = await reader.read() == b""
+                except ConnectionResetError:
+                    closed = True  # the drip reached the closed socket: a reset is a close
+                assert closed
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
