@@ -162,7 +162,9 @@ class Bridge:
                 instance=self.instance,
                 on_change=self._on_session_change(c),
             )
-            self.duties[c.name] = await stack.enter_async_context(duty)
+            # Listed at once: /status answers (as a standby) while the duty starts.
+            self.duties[c.name] = duty
+            await stack.enter_async_context(duty)
         online = watch(
             asyncio.create_task(self._online(), name="bridge-online"), log, "bridge.online_crashed"
         )
