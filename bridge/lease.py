@@ -4,6 +4,20 @@ one, and seeding an empty queue (ownership.py holds the protocol around it).
 The body is JSON ``{"instance", "session", "since"}``: who wrote it, the OSCC session
 token sealed for this connector (sealing.py), and since when that instance owned the
 connector (unix seconds).
+
+Exactly one lease, checked on RabbitMQ 3.10 (see tests/test_ownership.py):
+
+- ``x-max-length=1`` with ``reject-publish`` does not keep it to one (an unacked message
+  does not count, and a quorum queue's limit is approximate), so it is not used.
+- The lease is *replaced* publish-first: publish the new one, then ack the old one once
+  the new one arrived. A crash in between leaves two, never none.
+- A brand-new queue is seeded by whoever declares it and sees it empty with no consumer
+  (or only itself, after a reconnect). Contenders starting together may each seed one.
+- Extra leases all reach the active consumer (nobody else gets messages); the owner acks
+  them away at once, keeping the one it holds. Prefetch 2 leaves room for that.
+- No ``x-delivery-limit``: a lease must never be dead-lettered however often it moves.
+- RabbitMQ closes a channel that holds a delivery longer than ``consumer_timeout``
+  (30 min by default): the owner replaces its lease every `renew_every` seconds.
 """
 
 from __future__ import annotations

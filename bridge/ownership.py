@@ -8,19 +8,7 @@ connector. AMQP 0.9.1 never says "you are active now"; the lease's arrival does.
 owner's connection or channel closes, the broker requeues the lease and the next consumer
 gets it at once.
 
-Exactly one lease, checked on RabbitMQ 3.10 (see tests/test_ownership.py):
-
-- ``x-max-length=1`` with ``reject-publish`` does not keep it to one (an unacked message
-  does not count, and a quorum queue's limit is approximate), so it is not used.
-- The lease is *replaced* publish-first: publish the new one, then ack the old one once
-  the new one arrived. A crash in between leaves two, never none.
-- A brand-new queue is seeded by whoever declares it and sees it empty with no consumer
-  (or only itself, after a reconnect). Contenders starting together may each seed one.
-- Extra leases all reach the active consumer (nobody else gets messages); the owner acks
-  them away at once, keeping the one it holds. Prefetch 2 leaves room for that.
-- No ``x-delivery-limit``: a lease must never be dead-lettered however often it moves.
-- RabbitMQ closes a channel that holds a delivery longer than ``consumer_timeout``
-  (30 min by default): the owner replaces its lease every `renew_every` seconds.
+How a single lease is kept in the queue: lease.py.
 
 Roles: ``standby`` -> ``owner`` (lease arrived) -> ``suspended`` (the broker link is
 down: the lease is back in the queue, but the OSCC session may be kept for a while) ->
@@ -123,6 +111,7 @@ class Ownership(Service):
         self._replaced = asyncio.Event()  # set when no replacement is in flight
         self._replaced.set()
         self._sealed: str | None = None  # the session to write into the next lease
+        self._stale = False  # _sealed changed while a replacement was in flight
         self._since = 0.0
         self._lock = asyncio.Lock()
         self._stopping = False
@@ -137,6 +126,11 @@ class Ownership(Service):
     def owner(self) -> bool:
         """True while this instance holds the lease."""
         return self.role == "owner"
+
+    @property
+    def replacing(self) -> bool:
+        """A replacement lease is on its way (or another is due after it)."""
+        return not self._replaced.is_set()
 
     def status(self) -> dict[str, Any]:
         """JSON-able role for ``/status`` (the owner's id is known only to the owner)."""
@@ -283,8 +277,11 @@ class Ownership(Service):
             if self._held is not None and message.message_id == self._expect:
                 old, self._held, self._expect = self._held, message, None
                 self.renewed += 1
-                self._replaced.set()
                 await _settle(old.ack())
+                if self._stale:  # a session given meanwhile: it goes in the next one
+                    self._spawn(self._replace(), "replace")
+                else:
+                    self._replaced.set()
             elif self._stopping or not self._competing:
                 await _settle(message.reject(requeue=True))
             elif self._held is None:
@@ -316,10 +313,16 @@ class Ownership(Service):
     async def _replace(self) -> None:
         """Publish a fresh lease; `_on_message` acks the old one when it arrives."""
         async with self._lock:
-            busy = self._expect is not None or not self._competing
-            if self.role != "owner" or self._held is None or busy:
+            if self._expect is not None:
+                # one in flight already: its arrival publishes another with the newest
+                self._stale = True
+                return
+            if self.role != "owner" or self._held is None or not self._competing:
+                self._stale = False
+                self._replaced.set()
                 return
             fresh = Lease(instance=self.instance, session=self._sealed, since=self._since)
+            self._stale = False
             self._replaced.clear()
             try:
                 self._expect = await self._publish(fresh)

@@ -140,6 +140,7 @@ async def test_owner_connection_closed_next_acquires_fast_old_one_fenced(contend
     await wait_until(lambda: b.ownership.owner, 5, "b owns")
     took = time.monotonic() - t0
     assert took < 1.0, f"failover took {took:.2f} s"
+    await wait_until(lambda: b.acquired, 5, "b told")  # callbacks run in their own task
     assert b.acquired == ["session-1"]  # the sealed session came with the lease
     # a no longer holds the lease but keeps its session until fenced
     assert a.ownership.role == "suspended"
@@ -151,6 +152,26 @@ async def test_owner_connection_closed_next_acquires_fast_old_one_fenced(contend
     assert a.ownership.role == "standby"
     assert a.gauge() == 0
     assert a.changes("fenced") == 1
+
+
+async def test_a_session_given_while_a_replacement_is_in_flight_reaches_the_next_owner(  # type: ignore[no-untyped-def]
+    contenders,
+) -> None:
+    """update_session right after acquiring (the duty registers while the lease naming
+    its holder is still on its way) must not be dropped: the next owner resumes that
+    session instead of registering beside a live one."""
+    a = await contenders("a", fence_after=0.5)
+    await wait_until(lambda: a.ownership.owner, 5, "a owns")
+    for n in range(5):
+        # the first publishes; the second finds it in flight
+        await asyncio.gather(
+            a.ownership.update_session(f"older-{n}"), a.ownership.update_session(f"newest-{n}")
+        )
+    await wait_until(lambda: not a.ownership.replacing, 5, "replacements landed")
+    b = await contenders("b", fence_after=0.5)
+    await a.connection.close()
+    await wait_until(lambda: b.acquired, 5, "b owns and is told")
+    assert b.acquired == ["newest-4"]
 
 
 async def test_release_hands_over_with_the_session(contenders, prefix) -> None:  # type: ignore[no-untyped-def]
@@ -169,10 +190,11 @@ async def test_release_hands_over_with_the_session(contenders, prefix) -> None: 
     # the next in line (b subscribed first) gets it, with the session sealed for the
     # connector; c, configured with another token, could not have opened it
     assert new is b, (b.acquired, c.acquired)
+    await wait_until(lambda: b.acquired, 5, "b told")
     assert b.acquired == ["session-9"]
     assert took < 1.0
     await b.ownership.release()
-    await wait_until(lambda: c.ownership.owner, 5, "c owns")
+    await wait_until(lambda: c.acquired, 5, "c owns and is told")
     assert c.acquired == [None]  # sealed with another key: register as usual
     await c.ownership.stop()
     assert c.lost == ["released"]
