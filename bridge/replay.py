@@ -88,9 +88,10 @@ class SpoolReplayer(Service):
                         break
                     confirmed = await self._replay_batch(entries)
                     if confirmed:
-                        await spool.ack(entries[:confirmed])
+                        # counted as the spool's gauge drops, before the file work
                         self._metrics.spool_replayed.inc(confirmed)
                         replayed += confirmed
+                        await spool.ack(entries[:confirmed])
                     if confirmed < len(entries):
                         # The broker is there but not confirming: try again in a moment,
                         # or as soon as it reconnects.
