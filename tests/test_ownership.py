@@ -119,6 +119,8 @@ async def test_three_contenders_at_once_one_owner_one_lease(contenders, prefix) 
     # every extra seed reaches the owner (the active consumer) and is acked away
     await wait_until(lambda: seeded - owner.ownership.dropped == 1, 5, "extra leases dropped")
     assert owners(instances) == [owner.name]
+    # owner turns true as the lease arrives; on_acquired runs after, in its own task
+    await wait_until(lambda: owner.acquired, 5, "the owner told")
     assert [i.acquired for i in instances if i is not owner] == [[], []]
     assert owner.acquired == [None]
     assert owner.gauge() == 1
@@ -142,7 +144,9 @@ async def test_owner_connection_closed_next_acquires_fast_old_one_fenced(contend
     assert took < 1.0, f"failover took {took:.2f} s"
     await wait_until(lambda: b.acquired, 5, "b told")  # callbacks run in their own task
     assert b.acquired == ["session-1"]  # the sealed session came with the lease
-    # a no longer holds the lease but keeps its session until fenced
+    # a no longer holds the lease but keeps its session until fenced. a learns of its own
+    # closed channel in a close callback, which may run after b got the lease: wait for it
+    await wait_until(lambda: a.suspended, 5, "a suspended")
     assert a.ownership.role == "suspended"
     assert a.suspended == 1
     assert a.lost == []
@@ -228,6 +232,8 @@ async def test_broker_closes_robust_connection_owner_gets_lease_back(contenders,
     await wait_until(lambda: a.suspended == 1, 10, "a suspended")
     # the robust connection comes back, the consumer is restored, the lease returns
     await wait_until(lambda: a.ownership.owner, 20, "a owns again")
+    # on_acquired runs after the role turned, in its own task
+    await wait_until(lambda: len(a.acquired) >= 2, 5, "a told again")
     assert a.acquired == [None, "s-7"]
     assert a.lost == []
     assert a.changes("acquired") == 1
