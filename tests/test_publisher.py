@@ -263,6 +263,9 @@ async def test_replay_at_start_and_new_messages_queue_behind_it(
         assert outcomes[0] == "spooled"  # the spool was not empty: behind it, not past it
         await got.wait(700)
         await wait_until(lambda: spool.messages == 0)
+        # The count drops before the replayed segments are deleted (in a thread); a stop
+        # meanwhile cancels the replayer's wait on that: wait for the files themselves.
+        await wait_until(lambda: not segment_files(tmp_path), 10, "replayed segments deleted")
     assert got.numbers() == list(range(700))
     first = got.messages[0]
     assert first.message_id == "old-0"
