@@ -351,6 +351,12 @@ async def test_three_instances_one_owner_one_session_webhooks_published_once(
                         if got[-1] == f"contact-{sent}":
                             break
                 assert sorted(got) == sorted(f"contact-{n}" for n in range(sent + 1))
+                # /status says owner and registered before the owner's consumer has
+                # started (it loads the accepted log first); no contact was sent here, so
+                # wait for its log line rather than assume it is written by now
+                await wait_until(
+                    lambda: fleet.events(owner, "consumer.started"), 30, "the owner consuming"
+                )
                 assert_never_two(fleet, sim)
         finally:
             await connection.close()
