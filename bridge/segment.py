@@ -1,4 +1,5 @@
-"""The spool's segment files: what one record looks like on disk, and reading them back.
+"""The spool's files: what one record looks like on disk, reading segments back, and the
+directory's lock.
 
 A segment is a sequence of records ``length:u32 crc:u32 payload`` (big endian), the CRC
 covering the length bytes and the payload, the payload a msgpack `SpoolRecord`. These
@@ -8,6 +9,8 @@ functions touch files only, so the spool (`bridge.spool`) runs them in a thread.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -16,8 +19,11 @@ from typing import Any
 
 import msgspec
 
+from bridge.errors import ConfigError
+
 HEADER = struct.Struct(">II")
 MAX_RECORD = 256 * 1024 * 1024  # a length beyond this is garbage, not a record
+LOCK_FILE = ".lock"
 
 
 class SpoolRecord(msgspec.Struct, array_like=True, frozen=True, kw_only=True):
@@ -108,3 +114,27 @@ def read_records(
                 out.append(Entry(record, seq, offset, step))
         offset = 0
     return out
+
+
+def lock_directory(directory: Path) -> int:
+    """Create `directory` and take an exclusive flock on ``<directory>/.lock``; the fd.
+
+    The kernel drops the lock when the process dies, however it dies, so a crashed
+    instance never leaves the directory locked."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"spool.dir: cannot use {str(directory)!r}: {exc.strerror}", key="spool.dir"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise ConfigError(
+            f"spool.dir: {str(directory)!r} is in use by another bridge instance "
+            "(each instance needs its own spool directory)",
+            key="spool.dir",
+        ) from exc
+    return fd

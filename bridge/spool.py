@@ -6,11 +6,8 @@ Layout of ``spool.dir``::
     000000000002.seg
     cursor             [segment, offset] of the oldest record not yet confirmed
 
-A segment is a sequence of records ``length:u32 crc:u32 payload`` (big endian), the CRC
-covering the length bytes and the payload, the payload a msgpack `SpoolRecord`. After a
-crash the last record of a segment may be torn (partly written, or zeros): opening the
-spool finds the first record whose length or CRC is wrong, truncates the segment there and
-keeps every record before it.
+A segment's records are framed as segment.py says. After a crash the last one may be
+torn: opening the spool truncates the segment at the first bad length or CRC.
 
 `enqueue` returns a future done once its record is on disk (written and fsynced). Records
 that arrive while an fsync runs are written together by the next one (group commit), so
@@ -24,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 from collections import deque
 from collections.abc import Callable
@@ -35,7 +31,7 @@ from typing import Any
 import msgspec
 
 from bridge import logs
-from bridge.errors import BrokerUnavailable, ConfigError
+from bridge.errors import BrokerUnavailable
 from bridge.lifecycle import Service
 from bridge.metrics import Metrics
 from bridge.segment import (
@@ -45,6 +41,7 @@ from bridge.segment import (
     SpoolRecord,
     encoder,
     frame,
+    lock_directory,
     read_records,
     scan,
 )
@@ -52,31 +49,6 @@ from bridge.segment import (
 log = logs.get_logger("bridge.spool")
 
 _SUFFIX = ".seg"
-LOCK_FILE = ".lock"
-
-
-def _lock_directory(directory: Path) -> int:
-    """Create `directory` and take an exclusive flock on ``<directory>/.lock``; the fd.
-
-    The kernel drops the lock when the process dies, however it dies, so a crashed
-    instance never leaves the directory locked."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise ConfigError(
-            f"spool.dir: cannot use {str(directory)!r}: {exc.strerror}", key="spool.dir"
-        ) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise ConfigError(
-            f"spool.dir: {str(directory)!r} is in use by another bridge instance "
-            "(each instance needs its own spool directory)",
-            key="spool.dir",
-        ) from exc
-    return fd
 
 
 @dataclass(slots=True)
@@ -121,6 +93,7 @@ class Spool(Service):
         self._tail: _Segment | None = None
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._acking: asyncio.Future[None] | None = None  # an ack's file work
         self._opened = False
         self._lock_fd: int | None = None  # <dir>/.lock, flock'ed while open
 
@@ -141,7 +114,7 @@ class Spool(Service):
         or another instance holds it: two instances on one spool would share a session.
         """
         if self._lock_fd is None:
-            self._lock_fd = _lock_directory(self.directory)
+            self._lock_fd = lock_directory(self.directory)
         try:
             self._recover()
         except BaseException:
@@ -186,9 +159,10 @@ class Spool(Service):
 
     async def close(self) -> None:
         """Finish pending writes and close the files (records stay on disk)."""
-        if self._flusher is not None:
-            with contextlib.suppress(Exception):
-                await self._flusher
+        for pending in (self._flusher, self._acking):
+            if pending is not None:
+                with contextlib.suppress(Exception):
+                    await pending
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -352,7 +326,15 @@ class Spool(Service):
         ):
             done.append(self._drop_head_segment())
         self._gauge()
-        await asyncio.to_thread(self._persist_ack, done, self._cursor_seq())
+        # The file work outlives a cancelled caller (a stop mid-ack): close waits for it,
+        # or the next start would replay what the broker already confirmed.
+        previous = self._acking
+        if previous is not None and not previous.done():
+            await asyncio.shield(previous)  # cursors land in order
+        self._acking = asyncio.ensure_future(
+            asyncio.to_thread(self._persist_ack, done, self._cursor_seq())
+        )
+        await asyncio.shield(self._acking)
 
     def _persist_ack(self, done: list[Path], cursor: tuple[int, int]) -> None:
         for path in done:

@@ -131,6 +131,22 @@ async def test_restart_resumes_after_the_last_ack(tmp_path: Path) -> None:
         assert await numbers(spool) == []
 
 
+async def test_an_ack_cancelled_by_a_stop_still_lands_before_close(tmp_path: Path) -> None:
+    """A stop cancels the replayer while it waits on an ack's file work: close waits for
+    that work, so the next start does not replay what the broker already confirmed."""
+    async with Spool(tmp_path, max_bytes=1 << 24, segment_bytes=700) as spool:
+        for i in range(30):
+            await spool.enqueue(rec(i))
+        entries = await spool.read(12)
+        acking = asyncio.create_task(spool.ack(entries))
+        await asyncio.sleep(0)  # the ack has started: counted, its file work handed off
+        acking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await acking
+    async with Spool(tmp_path, max_bytes=1 << 24, segment_bytes=700) as spool:
+        assert await numbers(spool) == list(range(12, 30))
+
+
 @pytest.mark.parametrize(
     "tail",
     [

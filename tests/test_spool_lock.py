@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import ConfigError
-from bridge.spool import LOCK_FILE, Spool
+from bridge.segment import LOCK_FILE
+from bridge.spool import Spool
 from tests.harness import ROOT, bridge_config, free_port
 
 
