@@ -139,7 +139,7 @@ class Duty(Service):
             # Consumers first: nothing in flight when the next owner starts.
             await self._stop_consumer()
             if ownership.role == "owner" and self.broker.connected:
-                token = self.supervisor.current_token if self.supervisor else None
+                token = self.supervisor.handover if self.supervisor else None
                 handed = await self._bounded(ownership.release(token), "ownership.release")
                 self._log.info("duty.handed_over", handed=bool(handed), session=token is not None)
             # Without the broker there is nothing to hand over: the broker requeued the
@@ -245,7 +245,7 @@ class Duty(Service):
         supervisor, ownership = self.supervisor, self.ownership
         if change == "registered" and supervisor is not None and ownership is not None:
             # The lease carries the live token from now on: whoever owns next resumes it.
-            await ownership.update_session(supervisor.current_token)
+            await ownership.update_session(supervisor.handover)
         await self._on_change(change, {**body, "instance": self.instance})
 
 

@@ -40,12 +40,12 @@ from bridge.backoff import backoff_delay
 from bridge.config import Config, ConnectorConfig, webhook_url
 from bridge.inorder import InOrder
 from bridge.lifecycle import Service, cancel, watch
-from bridge.logs import forget_secret, get_logger, mask
+from bridge.logs import forget_secret, get_logger, mask, register_secret
 from bridge.metrics import Metrics
 from bridge.oscc.client import OsccClient
 from bridge.session_events import enable_events
 from bridge.session_status import SessionRecord, iso
-from bridge.session_store import Resumer, SessionStore
+from bridge.session_store import Resumable, Resumer, SessionStore
 from bridge.topology import SessionChange
 
 OnChange = Callable[[SessionChange, dict[str, Any]], Awaitable[None]]
@@ -102,8 +102,9 @@ class SessionSupervisor(Service):
         store = SessionStore(
             config.spool.dir, connector.name, config.oscc.url, connector.title, self._webhook_url
         )
-        self._resumer = Resumer(store, resume, self._log)
+        self._resumer = Resumer(store, resume, self._log, credentials=connector.publish_credentials)
         self._token: str | None = None
+        self._credentials: dict[str, Any] | None = None  # publish_credentials: the token's
         self._ready = asyncio.Event()  # set while _token is a live session token
         self._lost = asyncio.Event()  # set when the current token was reported lost
         self._state = SessionState.STARTING
@@ -141,9 +142,12 @@ class SessionSupervisor(Service):
         return self._state
 
     @property
-    def current_token(self) -> str | None:
-        """The live session token, None while there is none (for the ownership lease)."""
-        return self._token
+    def handover(self) -> str | None:
+        """What the ownership lease carries: the live session (`Resumable.encode`), None
+        while there is none."""
+        if self._token is None:
+            return None
+        return Resumable(self._token, self._credentials).encode()
 
     @property
     def ready(self) -> bool:
@@ -203,7 +207,7 @@ class SessionSupervisor(Service):
     def _drop_token(self) -> None:
         if self._token is not None:
             forget_secret(self._token)
-        self._token = None
+        self._token = self._credentials = None
         self._ready.clear()
 
     def _lose(self, token: str, error: errors.BridgeError) -> None:
@@ -302,25 +306,27 @@ class SessionSupervisor(Service):
     async def _register(self) -> str:
         """Resume the session a previous owner or process left (session_store.Resumer),
         else register; then enable listen-for-events, install and announce the token."""
-        extra: dict[str, Any] = {}
-        token = None
-        # Not with publish_credentials: the credentials come only with a registration.
-        if not self.connector.publish_credentials:
-            token = await self._resumer.take(self._client.keepalive)
-        if token is None:
+        held = await self._resumer.take(self._client.keepalive)
+        if held is None:
             response = await self._client.register(
                 self.connector.title, self.connector.token, self._webhook_url
             )
-            token = response.session_token
-            assert token  # the client raises Transient for an answer without one
-            self._resumer.save(token)
+            assert response.session_token  # the client raises Transient for an answer without one
+            credentials = None
+            if self.connector.publish_credentials and response.user_credentials is not None:
+                credentials = msgspec.to_builtins(response.user_credentials)
+            held = Resumable(response.session_token, credentials)
+            self._resumer.save(held)
             self._record.registrations += 1
             outcome = "registered"
-            if self.connector.publish_credentials and response.user_credentials is not None:
-                extra["userCredentials"] = msgspec.to_builtins(response.user_credentials)
         else:
             self._record.last_keepalive = time.time()
             outcome = "resumed"
+        token = held.session
+        extra: dict[str, Any] = {}
+        if held.credentials is not None:
+            register_secret(held.credentials.get("password"))  # a resumed one came from disk
+            extra["userCredentials"] = held.credentials
         if self.connector.listen_for_events:
             self._record.events_enabled = await enable_events(
                 self._client,
@@ -332,7 +338,7 @@ class SessionSupervisor(Service):
                 log=self._log,
             )
         self._lost.clear()
-        self._token = token
+        self._token, self._credentials = token, held.credentials
         self._ready.set()
         self._metrics.registrations.labels(self.connector.name, outcome).inc()
         self._set_state(SessionState.REGISTERED)

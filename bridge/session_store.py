@@ -4,7 +4,8 @@ OSCC keeps a session until its keepalives stop, and answers 2 ALREADY_REGISTERED
 new registration meanwhile: without this, every restart (a deploy, a crash) leaves the
 connector unregistered until the old session expires, and contacts wait in their queue.
 
-The file (``<spool.dir>/session/<connector>.json``, mode 0600) holds the token and a
+The file (``<spool.dir>/session/<connector>.json``, mode 0600) holds the token (with the
+user credentials its registration brought, for a connector that publishes them) and a
 fingerprint of what it was issued for (OSCC URL, title, webhookURL); a token issued for
 anything else is never offered. It is a bearer secret at rest: the spool directory must be
 private to the bridge's user, as it already must be for the spool.
@@ -28,9 +29,34 @@ import msgspec
 from bridge import errors
 
 
+class Resumable(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A session to resume: its token and, for a connector with ``publish_credentials``,
+    the user credentials that came with its registration (OSCC gives them only then, so
+    a resumed session announces these)."""
+
+    session: str
+    credentials: dict[str, Any] | None = None
+
+    def encode(self) -> str:
+        """The text handed over in the lease (sealed there): the bare token when there
+        are no credentials, so an older instance can still resume it."""
+        if self.credentials is None:
+            return self.session
+        return msgspec.json.encode(self).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> Resumable:
+        """Read what `encode` wrote (a bare token stays a token)."""
+        if text.startswith("{"):
+            with contextlib.suppress(msgspec.DecodeError):
+                return msgspec.json.decode(text, type=cls)
+        return cls(text)
+
+
 class _Saved(msgspec.Struct, frozen=True):
     session: str
     issued_for: str
+    credentials: dict[str, Any] | None = None
 
 
 class SessionStore:
@@ -40,21 +66,26 @@ class SessionStore:
         self.path = Path(directory) / "session" / f"{connector}.json"
         self._issued_for = hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
-    def load(self) -> str | None:
-        """The saved token, or None when there is none or it was issued for other settings."""
+    def load(self) -> Resumable | None:
+        """The saved session, or None when there is none or it was issued for other
+        settings."""
         try:
             saved = msgspec.json.decode(self.path.read_bytes(), type=_Saved)
         except (OSError, msgspec.DecodeError):
             return None
-        return saved.session if saved.issued_for == self._issued_for else None
+        if saved.issued_for != self._issued_for:
+            return None
+        return Resumable(saved.session, saved.credentials)
 
-    def save(self, token: str) -> None:
-        """Replace the saved token atomically; readable by the bridge's user only."""
+    def save(self, session: Resumable) -> None:
+        """Replace the saved session atomically; readable by the bridge's user only."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.json.encode(_Saved(token, self._issued_for)))
+            f.write(
+                msgspec.json.encode(_Saved(session.session, self._issued_for, session.credentials))
+            )
         os.replace(tmp, self.path)
 
     def forget(self) -> None:
@@ -66,26 +97,35 @@ class SessionStore:
 class Resumer:
     """The session a (re)registration tries before registering anew.
 
-    `handed`: a token handed over with the connector by its previous owner, tried before
-    the one `store` holds. `log`: the session's logger (a failed save is a warning).
+    `handed`: a session handed over with the connector by its previous owner
+    (`Resumable.encode`), tried before the one `store` holds. `credentials`: the connector
+    publishes user credentials, so only a session saved with them will do. `log`: the
+    session's logger (a failed save is a warning).
     """
 
-    def __init__(self, store: SessionStore, handed: str | None, log: Any) -> None:
+    def __init__(
+        self, store: SessionStore, handed: str | None, log: Any, *, credentials: bool = False
+    ) -> None:
         self.store = store
-        self._handed = handed
+        self._handed = Resumable.decode(handed) if handed is not None else None
+        self._credentials = credentials
         self._log = log
 
-    async def take(self, keepalive: Callable[[str], Awaitable[object]]) -> str | None:
-        """The handed-over token, else the saved one, if `keepalive` on it succeeds.
+    async def take(self, keepalive: Callable[[str], Awaitable[object]]) -> Resumable | None:
+        """The handed-over session, else the saved one, if `keepalive` on it succeeds.
 
         A token OSCC refuses is forgotten; on a transient failure it is kept for the next
         attempt (OSCC may just be down, and the session with it may still be alive).
         """
-        for handed, token in ((True, self._handed), (False, self.store.load())):
-            if token is None:
+        for handed, found in ((True, self._handed), (False, self.store.load())):
+            if found is None:
                 continue
+            if not self._credentials:
+                found = Resumable(found.session)  # not kept where they are not wanted
+            elif found.credentials is None:
+                continue  # resuming it could not announce the credentials
             try:
-                await keepalive(token)
+                await keepalive(found.session)
             except errors.Transient:
                 return None
             except errors.BridgeError:
@@ -96,14 +136,14 @@ class Resumer:
                 continue
             if handed:
                 self._handed = None
-                self.save(token)  # this instance's next restart resumes it too
-            return token
+                self.save(found)  # this instance's next restart resumes it too
+            return found
         return None
 
-    def save(self, token: str) -> None:
-        """Save `token` for the next restart; a failure is logged, not raised."""
+    def save(self, session: Resumable) -> None:
+        """Save `session` for the next restart; a failure is logged, not raised."""
         try:
-            self.store.save(token)
+            self.store.save(session)
         except OSError as exc:
             # Only the next restart is slower for it (it waits for this session to expire).
             self._log.warning("session.save_failed", path=str(self.store.path), error=str(exc))

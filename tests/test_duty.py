@@ -9,15 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from bridge.app import Bridge
-from bridge.config import HaConfig
+from bridge.config import ConnectorConfig, HaConfig
 from bridge.simulator import Simulator
 from bridge.topology import Topology
 from tests.bridge_harness import (
     FB_TITLE,
     FB_TOKEN,
+    Watch,
     delete_topology,
     make_config,
     new_contact,
@@ -27,21 +29,28 @@ from tests.bridge_harness import (
 from tests.conftest import AMQP_URL
 
 
+@pytest.mark.parametrize("publish_credentials", [False, True], ids=["plain", "credentials"])
 async def test_owner_stops_standby_resumes_the_session_nothing_resent(
-    prefix: str, amqp: AbstractRobustConnection, tmp_path: Path
+    prefix: str, amqp: AbstractRobustConnection, tmp_path: Path, publish_credentials: bool
 ) -> None:
+    """With publish_credentials the user credentials travel in the lease with the token,
+    so the new owner resumes too and announces the same credentials."""
+    connector = ConnectorConfig(
+        name="fb", title=FB_TITLE, token=FB_TOKEN, publish_credentials=publish_credentials
+    )
     async with Simulator(
         {FB_TITLE: FB_TOKEN}, agent=False, strict_sessions=True, session_ttl=30.0
     ) as sim:
         a_config, b_config = (
             msgspec.structs.replace(
-                make_config(prefix, sim.url, tmp_path / name, keepalive_interval=1.0),
+                make_config(prefix, sim.url, tmp_path / name, [connector], keepalive_interval=1.0),
                 ha=HaConfig(instance=name, fence_after=2.0),
             )
             for name in ("a", "b")
         )
         channel = await amqp.channel(publisher_confirms=True)
         await Topology(prefix).declare(channel, ["fb"])
+        watch = await Watch(channel, Topology(prefix), ["fb"]).start("fb.session.registered")
 
         async def publish(numbers: range) -> list[str]:
             ids = []
@@ -75,3 +84,11 @@ async def test_owner_stops_standby_resumes_the_session_nothing_resent(
         registrations = [r.error_code for r in sim.records if r.endpoint == "registerConnector"]
         assert registrations == [0]
         assert sim.state.max_live[FB_TITLE] == 1
+        await wait_until(lambda: len(watch.seen) == 2, what="both owners announced")
+        announced = [seen.body.get("userCredentials") for seen in watch.seen]
+        assert [seen.body["instance"] for seen in watch.seen] == ["a", "b"]
+        if publish_credentials:
+            assert announced[0]
+            assert announced[1] == announced[0]
+        else:
+            assert announced == [None, None]

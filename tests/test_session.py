@@ -29,6 +29,7 @@ from bridge.metrics import Metrics
 from bridge.oscc.client import OsccClient
 from bridge.session import SessionState, SessionSupervisor
 from bridge.simulator import Simulator
+from tests.harness import wait_until
 
 TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
 PUBLIC = "http://127.0.0.1:9"
@@ -491,20 +492,55 @@ async def test_a_session_saved_for_other_settings_is_not_offered(
     assert all(r.authorization != old for r in sim.records if r.at >= since)
 
 
-async def test_no_resume_when_credentials_are_published(sim: Simulator, tmp_path: Path) -> None:
-    """The credentials come only with a registration, so a bridge that publishes them
-    registers anew (and waits for its old session like any other)."""
-    sim.faults.update({"session_ttl": 0.3})
+async def test_a_restart_that_publishes_credentials_resumes_with_them(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """OSCC gives the user credentials only with a registration: they are saved with the
+    token, so a restart resumes the session and announces the same credentials."""
     connector = {"publish_credentials": True}
-    async with supervisor(sim, spool=tmp_path, connector=connector) as (first, _, _m):
-        await first.token(timeout=5)
-    async with supervisor(sim, spool=tmp_path, connector=connector, stale_retry=0.1) as (
+    first_changes, second_changes = Changes(), Changes()
+    async with supervisor(sim, spool=tmp_path, connector=connector, changes=first_changes) as (
+        first,
+        _,
+        _m,
+    ):
+        before = await first.token(timeout=5)
+        await wait_until(lambda: first_changes.of("registered"), 5, "announced")
+    async with supervisor(sim, spool=tmp_path, connector=connector, changes=second_changes) as (
         second,
         _,
-        _m2,
+        metrics,
     ):
+        assert await second.token(timeout=5) == before
+        await wait_until(lambda: second_changes.of("registered"), 5, "announced again")
+        assert gauge(metrics, "registrations_total", connector="fb", outcome="resumed") == 1
+    assert len(registrations(sim)) == 1
+    [announced] = first_changes.of("registered")
+    [again] = second_changes.of("registered")
+    assert again["userCredentials"] == announced["userCredentials"]
+    assert again["userCredentials"]["password"]
+
+
+async def test_a_session_saved_without_credentials_is_not_resumed_by_one_that_publishes_them(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Saved by a bridge that did not publish credentials: resuming could not announce
+    any, so a bridge that must registers anew (and waits for the old session to go)."""
+    sim.faults.update({"session_ttl": 0.3})
+    async with supervisor(sim, spool=tmp_path) as (first, _, _m):
+        await first.token(timeout=5)
+    changes = Changes()
+    async with supervisor(
+        sim,
+        spool=tmp_path,
+        connector={"publish_credentials": True},
+        changes=changes,
+        stale_retry=0.1,
+    ) as (second, _, _m2):
         await second.token(timeout=5)
+        await wait_until(lambda: changes.of("registered"), 5, "announced")
     assert len(registrations(sim)) == 2
+    assert changes.of("registered")[0]["userCredentials"]["userName"]
 
 
 async def test_a_token_reported_lost_is_never_resumed(sim: Simulator, tmp_path: Path) -> None:

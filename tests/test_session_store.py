@@ -1,25 +1,29 @@
-"""The saved session token: only offered for the settings it was issued for."""
+"""The saved session token: only offered for the settings it was issued for; the text a
+session travels as in the ownership lease."""
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
-from bridge.session_store import SessionStore
+from bridge.session_store import Resumable, SessionStore
 
 
 def test_round_trip_private_and_atomic(tmp_path: Path) -> None:
     store = SessionStore(tmp_path, "fb", "https://oscc", "facebook", "http://me/webhook/fb")
     assert store.load() is None
-    store.save("a" * 64)
-    store.save("b" * 64)
-    assert store.load() == "b" * 64
+    store.save(Resumable("a" * 64))
+    store.save(Resumable("b" * 64))
+    assert store.load() == Resumable("b" * 64)
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
     assert [p.name for p in store.path.parent.iterdir()] == ["fb.json"]  # no temp left
 
 
 def test_other_settings_never_see_the_token(tmp_path: Path) -> None:
-    SessionStore(tmp_path, "fb", "https://oscc", "facebook", "http://me/a").save("t" * 64)
+    SessionStore(tmp_path, "fb", "https://oscc", "facebook", "http://me/a").save(
+        Resumable("t" * 64)
+    )
     for parts in (
         ("https://other", "facebook", "http://me/a"),
         ("https://oscc", "twitter", "http://me/a"),
@@ -36,7 +40,28 @@ def test_damaged_or_missing_files_are_no_token(tmp_path: Path) -> None:
     for junk in (b"", b"not json", b'{"session": 1}', b"[]"):
         store.path.write_bytes(junk)
         assert store.load() is None
-    store.save("t" * 64)
+    store.save(Resumable("t" * 64))
     store.forget()
     assert store.load() is None
     assert not store.path.exists()
+
+
+def test_credentials_are_saved_with_their_token(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path, "fb", "x")
+    held = Resumable("t" * 64, {"userName": "u", "password": "p"})
+    store.save(held)
+    assert store.load() == held
+    # a file an older version wrote (no credentials) still loads
+    saved = json.loads(store.path.read_text())
+    del saved["credentials"]
+    store.path.write_text(json.dumps({**saved, "session": "old"}))
+    assert store.load() == Resumable("old")
+
+
+def test_the_handover_text_round_trips_and_a_bare_token_is_a_token() -> None:
+    plain = Resumable("a" * 64)
+    assert plain.encode() == "a" * 64  # what an older instance hands over and resumes
+    assert Resumable.decode("a" * 64) == plain
+    full = Resumable("b" * 64, {"userName": "u", "password": "p"})
+    assert Resumable.decode(full.encode()) == full
+    assert Resumable.decode("{not json") == Resumable("{not json")
