@@ -104,7 +104,7 @@ class SessionSupervisor(Service):
         )
         self._resumer = Resumer(store, resume, self._log, credentials=connector.publish_credentials)
         self._token: str | None = None
-        self._credentials: dict[str, Any] | None = None  # publish_credentials: the token's
+        self._credentials: dict[str, Any] | None = None  # what came with it (to announce)
         self._ready = asyncio.Event()  # set while _token is a live session token
         self._lost = asyncio.Event()  # set when the current token was reported lost
         self._state = SessionState.STARTING
