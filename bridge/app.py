@@ -220,6 +220,8 @@ class Bridge:
         self.tls = tls.ServerTls(cfg) if tls.enabled(cfg) else None
         app = web.Application(client_max_size=cfg.max_body_bytes)
         add_webhook_routes(app, self.config, self.publisher, self.metrics)
+        if self.tls is not None and self.tls.verifies_clients:
+            app.middlewares.append(tls.refuse_stale_sessions(self.tls))
         separate = bool(cfg.admin_port or cfg.admin_host)
         admin = web.Application() if separate else app
         self.health.add_routes(admin)

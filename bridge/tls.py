@@ -13,16 +13,26 @@ its SNI callback (which OpenSSL calls on every ClientHello, with or without a se
 moves each new handshake onto the newest context. A connection keeps the certificate it
 was set up with, so open connections simply finish. A new context is built whole before
 it is swapped in, so a reload that fails leaves the old certificate serving.
+
+Rotating the client CA must shut out the old CA's clients, but a resumed TLS session skips
+the certificate: OpenSSL keeps its session cache and ticket keys in the listener's first
+context. With a client CA the listener therefore issues no tickets (so TLS 1.3 never
+resumes), and `refuse_stale_sessions` aborts a request on a TLS 1.2 session resumed from
+before the client CA changed; an abort also drops that session from the cache, so the
+client's next handshake is a full one against the new CA.
 """
 
 from __future__ import annotations
 
 import datetime
 import ssl
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from aiohttp import web
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -67,6 +77,8 @@ def build_context(cfg: HttpConfig) -> ssl.SSLContext:
                 key="http.tls_client_ca",
             ) from exc
         ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2 sessions in the cache only (see above)
+        ctx.num_tickets = 0  # no TLS 1.3 resumption
     return ctx
 
 
@@ -92,6 +104,8 @@ class ServerTls:
         # (protocol versions, verify mode), so it is built the same way.
         self.context = build_context(cfg)
         self.context.sni_callback = self._select
+        self._client_ca = _client_ca(cfg)
+        self._client_ca_since: float | None = None  # when a reload changed it
         log.info("tls.loaded", **_describe(cfg.tls_cert), client_ca=bool(cfg.tls_client_ca))
 
     def _select(
@@ -107,8 +121,49 @@ class ServerTls:
             log.error("tls.reload_failed", error=str(exc))
             return False
         self._current = new
+        if (ca := _client_ca(self._cfg)) != self._client_ca:
+            self._client_ca, self._client_ca_since = ca, time.time()
         log.info("tls.reloaded", **_describe(self._cfg.tls_cert))
         return True
+
+    @property
+    def verifies_clients(self) -> bool:
+        """Whether clients must present a certificate (``http.tls_client_ca``)."""
+        return bool(self._cfg.tls_client_ca)
+
+    def admits(self, conn: ssl.SSLObject | None) -> bool:
+        """False for a TLS session resumed from before the client CA changed (its
+        certificate was checked against the old one); a session's time is in whole
+        seconds, so one from the second of the change counts as before."""
+        since = self._client_ca_since
+        if since is None or conn is None or not conn.session_reused:
+            return True
+        session = conn.session
+        return session is not None and session.time > since
+
+
+def refuse_stale_sessions(tls: ServerTls) -> Any:
+    """Middleware for the webhook app when `tls` verifies clients (see the module)."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None and not tls.admits(transport.get_extra_info("ssl_object")):
+            log.warning("tls.stale_session_refused", peer=request.remote)
+            transport.abort()  # no close_notify: OpenSSL drops the session from its cache
+            raise web.HTTPForbidden()
+        return await handler(request)
+
+    return middleware
+
+
+def _client_ca(cfg: HttpConfig) -> bytes | None:
+    try:
+        return Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+    except OSError:
+        return None
 
 
 def _describe(cert_file: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ import datetime
 import ipaddress
 import json
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -191,11 +192,18 @@ def tls_config(prefix: str, sim_url: str, tmp_path: Path, pki: Pki, *, mtls: boo
         public_url=f"https://127.0.0.1:{base.http.port}",
         tls_cert=str(pki.cert_file),
         tls_key=str(pki.key_file),
-        tls_client_ca=str(pki.ca_file) if mtls else "",
+        tls_client_ca=str(_own_copy(pki.ca_file, tmp_path)) if mtls else "",
     )
     # no events from the simulator: this test's webhook calls are the only ones
     connectors = [msgspec.structs.replace(c, listen_for_events=False) for c in base.connectors]
     return msgspec.structs.replace(base, http=http, connectors=connectors)
+
+
+def _own_copy(path: Path, directory: Path) -> Path:
+    """A copy of the module's file for one test, which may rotate it."""
+    copy = directory / f"own-{path.name}"
+    copy.write_bytes(path.read_bytes())
+    return copy
 
 
 @dataclass
@@ -661,6 +669,67 @@ async def test_reload_replaces_the_client_ca(server_files: Pki, tmp_path: Path) 
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_a_client_of_the_old_ca_cannot_resume_its_session_after_rotation(
+    prefix: str,
+    tmp_path: Path,
+    amqp: AbstractRobustConnection,
+    server_files: Pki,
+    version: ssl.TLSVersion,
+) -> None:
+    """Revoking a client CA by rotating `tls_client_ca` leaves its clients no way in: a
+    TLS session (ticket or session id) from before the reload would skip the certificate.
+    TLS 1.3 never resumes with a client CA; a TLS 1.2 session from before the change is
+    cut off and dropped from the cache, so the next handshake is a full one."""
+    pki = server_files
+    clients = {cert: pki.client_context(cert) for cert in (pki.client, pki.stranger)}
+    for client in clients.values():
+        client.maximum_version = version
+    body = json.dumps(event("resumed")).encode()
+    request = (
+        b"POST /webhook/fb HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n".encode()
+        + b"Connection: close\r\n\r\n"  # the server closes cleanly: the session is kept
+        + body
+    )
+
+    async with tls_bridge(prefix, tmp_path, amqp, pki, mtls=True) as served:
+
+        def post(
+            cert: tuple[Path, Path], session: ssl.SSLSession | None = None
+        ) -> tuple[bytes, bool, ssl.SSLSession | None]:
+            """(the status line or b"", whether the session was resumed, the session)"""
+            with socket.create_connection(("127.0.0.1", served.port), timeout=5) as raw:
+                try:
+                    conn = clients[cert].wrap_socket(
+                        raw, server_hostname="127.0.0.1", session=session
+                    )
+                except (ssl.SSLError, ConnectionError):
+                    return b"", False, None
+                with conn:
+                    try:
+                        conn.sendall(request)
+                        answer = conn.recv(4096).split(b"\r\n", 1)[0]
+                    except (ssl.SSLError, ConnectionError):
+                        answer = b""
+                    return answer, conn.session_reused, conn.session
+
+        answer, _, session = await asyncio.to_thread(post, pki.client)
+        assert answer == b"HTTP/1.1 200 OK"
+        # nothing changed yet: TLS 1.2 resumes as usual, TLS 1.3 has no tickets to resume
+        again = await asyncio.to_thread(post, pki.client, session)
+        assert again[:2] == (b"HTTP/1.1 200 OK", version == ssl.TLSVersion.TLSv1_2)
+        ca_file = Path(served.bridge.config.http.tls_client_ca)
+        pki.other_ca.write(tmp_path, "other-ca")[0].replace(ca_file)
+        assert served.bridge.reload_tls()
+        for _ in range(2):  # cut off (1.2) or refused at the handshake; then refused again
+            answer, reused, _ = await asyncio.to_thread(post, pki.client, session)
+            assert answer == b""
+        assert not reused  # the second try was a full handshake: the session was dropped
+        assert (await asyncio.to_thread(post, pki.stranger))[0] == b"HTTP/1.1 200 OK"
+        await wait_until(lambda: len(served.contacts()) == 3, what="three published")
 
 
 async def test_run_exits_3_when_the_files_do_not_load(
