@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import random
 import socket
@@ -38,7 +39,7 @@ from bridge.backoff import retry
 from bridge.broker import BROKER_ERRORS, Broker
 from bridge.config import Config, ConnectorConfig
 from bridge.duty import Duty
-from bridge.errors import BrokerUnavailable
+from bridge.errors import BrokerUnavailable, ConfigError
 from bridge.health import Health
 from bridge.lifecycle import watch
 from bridge.metrics import Metrics
@@ -238,9 +239,12 @@ class Bridge:
                     if role == "admin"
                     else (cfg.host, cfg.port)
                 )
-                context = self.tls.context if self.tls and role == "webhook" else None
-                site = web.TCPSite(runner, host, port, ssl_context=context)
-                await site.start()
+                webhook = role == "webhook"
+                context = self.tls.context if self.tls and webhook else None
+                site = web.TCPSite(
+                    runner, host, port, ssl_context=context, reuse_port=webhook and cfg.reuse_port
+                )
+                await _listen(site, "http.port" if webhook else "http.admin_port")
                 self.ports[role] = _bound_port(runner)
             yield
         finally:
@@ -259,6 +263,23 @@ class Bridge:
             await self.publisher.publish_or_spool(key, codec.encode(body), connector=c.name)
 
         return publish
+
+
+_IN_USE = {
+    "http.port": "another bridge? `http.reuse_port = true` lets instances on one host share it",
+    "http.admin_port": "each instance needs an admin_port of its own",
+}
+
+
+async def _listen(site: web.TCPSite, key: str) -> None:
+    """Start `site`; a port that cannot be had is a configuration error naming `key`."""
+    try:
+        await site.start()
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why += f" ({_IN_USE[key]})"
+        raise ConfigError(f"{key}: cannot listen on {site.name}: {why}", key=key) from exc
 
 
 def _bound_port(runner: web.AppRunner) -> int:

@@ -75,6 +75,8 @@ class HttpConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True
     tls_cert: str = ""  # PEM; with tls_key the webhook listener speaks HTTPS
     tls_key: str = ""
     tls_client_ca: str = ""  # PEM CA bundle: require OSCC's client certificate
+    # SO_REUSEPORT on the webhook listener: several instances on one host share `port`
+    reuse_port: bool = False
 
 
 class OsccConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

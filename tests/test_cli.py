@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -137,6 +138,24 @@ async def test_run_with_bad_config_exits_3(tmp_path: Path) -> None:
     code, _, err = await _run("run", "--config", str(path))
     assert code == 3, err
     assert "http.port" in err
+
+
+async def test_run_on_a_port_in_use_exits_3_naming_it(prefix: str, tmp_path: Path) -> None:
+    """Another process (or instance) listens on the webhook port: one line naming
+    ``http.port`` and the way to share it, exit 3 (not a traceback, not exit 1)."""
+    config = make_config(prefix, "http://127.0.0.1:9", tmp_path / "spool")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", config.http.port))
+        other.listen()
+        try:
+            code, _, err = await _run("run", "--config", str(_write(tmp_path, config_toml(config))))
+        finally:
+            await delete_topology(AMQP_URL, Topology(prefix), ["fb"])
+    assert code == 3, err
+    [line] = [ln for ln in err.splitlines() if "http.port" in ln]
+    assert f"cannot listen on http://127.0.0.1:{config.http.port}" in line
+    assert "reuse_port" in line
+    assert "Traceback" not in err
 
 
 async def test_run_with_refused_credentials_exits_3(tmp_path: Path) -> None:
