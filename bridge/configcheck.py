@@ -75,6 +75,12 @@ def diagnose(path: Path, env: Mapping[str, str] | None = None) -> Report:
         tracing.check(config.tracing)  # the otel extra is installed when tracing is on
     except ConfigError as exc:
         found.append((exc.key or "tracing.enabled", str(exc)))
+    if config.http.reuse_port and not config.http.admin_port:
+        report.warnings.append(
+            "http.reuse_port: /metrics, /status and /readyz share the webhook port, so each "
+            "request reaches whichever instance the kernel picks: give every instance an "
+            "http.admin_port of its own"
+        )
     for finding in tls.check_files(config.http):
         if finding.level == "error":
             found.append((finding.key, str(finding)))

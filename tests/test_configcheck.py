@@ -47,6 +47,20 @@ def test_a_good_file_has_no_problem(tmp_path: Path) -> None:
     assert not (tmp_path / "spool").exists()  # checked, not created
 
 
+@pytest.mark.parametrize(("admin", "warned"), [("", True), ("admin_port = 9090\n", False)])
+def test_reuse_port_without_an_admin_port_is_warned(
+    tmp_path: Path, admin: str, warned: bool
+) -> None:
+    """Instances sharing the webhook port would share /metrics and /status too: a scrape
+    would reach any one of them."""
+    path = tmp_path / "bridge.toml"
+    text = good(tmp_path / "spool").replace("[http]\n", f"[http]\nreuse_port = true\n{admin}")
+    path.write_text(text)
+    report = diagnose(path, {})
+    assert report.problems == []
+    assert any("http.reuse_port" in w and "admin_port" in w for w in report.warnings) == warned
+
+
 @pytest.mark.parametrize(
     ("old", "new", "key", "says"),
     [
