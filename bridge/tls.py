@@ -27,12 +27,12 @@ from __future__ import annotations
 import datetime
 import ssl
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -142,13 +142,11 @@ class ServerTls:
         return session is not None and session.time > since
 
 
-def refuse_stale_sessions(tls: ServerTls) -> Any:
+def refuse_stale_sessions(tls: ServerTls) -> Middleware:
     """Middleware for the webhook app when `tls` verifies clients (see the module)."""
 
     @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         transport = request.transport
         if transport is not None and not tls.admits(transport.get_extra_info("ssl_object")):
             log.warning("tls.stale_session_refused", peer=request.remote)
