@@ -102,7 +102,13 @@ class SessionSupervisor(Service):
         store = SessionStore(
             config.spool.dir, connector.name, config.oscc.url, connector.title, self._webhook_url
         )
-        self._resumer = Resumer(store, resume, self._log, credentials=connector.publish_credentials)
+        self._resumer = Resumer(
+            store,
+            resume,
+            self._log,
+            webhook=self._webhook_url,
+            credentials=connector.publish_credentials,
+        )
         self._token: str | None = None
         self._credentials: dict[str, Any] | None = None  # what came with it (to announce)
         self._ready = asyncio.Event()  # set while _token is a live session token
@@ -147,7 +153,7 @@ class SessionSupervisor(Service):
         while there is none."""
         if self._token is None:
             return None
-        return Resumable(self._token, self._credentials).encode()
+        return Resumable(self._token, self._credentials, self._webhook_url).encode()
 
     @property
     def ready(self) -> bool:

@@ -30,17 +30,19 @@ from bridge import errors
 
 
 class Resumable(msgspec.Struct, frozen=True, omit_defaults=True):
-    """A session to resume: its token and, for a connector with ``publish_credentials``,
-    the user credentials that came with its registration (OSCC gives them only then, so
-    a resumed session announces these)."""
+    """A session to resume: its token; for a connector with ``publish_credentials``, the
+    user credentials that came with its registration (OSCC gives them only then, so a
+    resumed session announces these); and the webhookURL it was registered with, where
+    OSCC keeps calling whoever resumes it."""
 
     session: str
     credentials: dict[str, Any] | None = None
+    webhook: str | None = None
 
     def encode(self) -> str:
-        """The text handed over in the lease (sealed there): the bare token when there
-        are no credentials, so an older instance can still resume it."""
-        if self.credentials is None:
+        """The text handed over in the lease (sealed there); a bare token when there is
+        nothing else to say."""
+        if self.credentials is None and self.webhook is None:
             return self.session
         return msgspec.json.encode(self).decode()
 
@@ -57,6 +59,12 @@ class _Saved(msgspec.Struct, frozen=True):
     session: str
     issued_for: str
     credentials: dict[str, Any] | None = None
+
+
+_SAME_PUBLIC_URL = (
+    "the previous owner registered another webhookURL: give every instance the same "
+    "http.public_url; registering anew (after the old session expires)"
+)
 
 
 class SessionStore:
@@ -98,18 +106,30 @@ class Resumer:
     """The session a (re)registration tries before registering anew.
 
     `handed`: a session handed over with the connector by its previous owner
-    (`Resumable.encode`), tried before the one `store` holds. `credentials`: the connector
-    publishes user credentials, so only a session saved with them will do. `log`: the
-    session's logger (a failed save is a warning).
+    (`Resumable.encode`), tried before the one `store` holds; not when it was registered
+    with another webhookURL than `webhook` (OSCC would go on calling that one, which may
+    be gone). `credentials`: the connector publishes user credentials, so only a session
+    saved with them will do. `log`: the session's logger.
     """
 
     def __init__(
-        self, store: SessionStore, handed: str | None, log: Any, *, credentials: bool = False
+        self,
+        store: SessionStore,
+        handed: str | None,
+        log: Any,
+        *,
+        webhook: str,
+        credentials: bool = False,
     ) -> None:
         self.store = store
         self._handed = Resumable.decode(handed) if handed is not None else None
+        self._webhook = webhook
         self._credentials = credentials
         self._log = log
+        if self._handed is not None and self._handed.webhook not in (None, webhook):
+            # http.public_url differs between the instances (no URL logged: the secret)
+            self._log.warning("session.handover_for_another_webhook", hint=_SAME_PUBLIC_URL)
+            self._handed = None
 
     async def take(self, keepalive: Callable[[str], Awaitable[object]]) -> Resumable | None:
         """The handed-over session, else the saved one, if `keepalive` on it succeeds.

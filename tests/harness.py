@@ -108,11 +108,13 @@ def bridge_config(
     listen_for_events: bool = True,
     amqp_url: str = AMQP_URL,
     amqp_urls: list[str] | None = None,
+    public_url: str = "",
     extra: str = "",
 ) -> str:
     """TOML for a bridge on 127.0.0.1:`port` with exchange `prefix` on the broker at
-    `amqp_url` (or the cluster `amqp_urls`); connectors are (name, title, token); `extra`
-    is TOML of further tables (``[ha]`` ...)."""
+    `amqp_url` (or the cluster `amqp_urls`); connectors are (name, title, token);
+    `public_url` defaults to the bridge's own address (instances of one fleet share one);
+    `extra` is TOML of further tables (``[ha]`` ...)."""
     broker = f"urls = {json.dumps(amqp_urls)}" if amqp_urls else f'url = "{amqp_url}"'
     text = f"""
 [broker]
@@ -124,7 +126,7 @@ confirm_timeout = {confirm_timeout}
 [http]
 host = "127.0.0.1"
 port = {port}
-public_url = "http://127.0.0.1:{port}"
+public_url = "{public_url or f"http://127.0.0.1:{port}"}"
 
 [oscc]
 url = "{oscc_url}"

@@ -7,7 +7,7 @@ import json
 import stat
 from pathlib import Path
 
-from bridge.session_store import Resumable, SessionStore
+from bridge.session_store import Resumable, Resumer, SessionStore
 
 
 def test_round_trip_private_and_atomic(tmp_path: Path) -> None:
@@ -65,3 +65,34 @@ def test_the_handover_text_round_trips_and_a_bare_token_is_a_token() -> None:
     full = Resumable("b" * 64, {"userName": "u", "password": "p"})
     assert Resumable.decode(full.encode()) == full
     assert Resumable.decode("{not json") == Resumable("{not json")
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warning(self, event: str, **_: object) -> None:
+        self.warnings.append(event)
+
+
+async def test_a_session_handed_over_for_another_webhook_is_not_resumed(tmp_path: Path) -> None:
+    """OSCC calls the webhookURL a session was registered with: resuming one registered
+    by an instance with another public_url would send OSCC's calls there (maybe nowhere)."""
+    tried: list[str] = []
+
+    async def keepalive(token: str) -> None:
+        tried.append(token)
+
+    store = SessionStore(tmp_path, "fb", "x")
+    mine, theirs = "http://lb/webhook/fb", "http://old-pod:8080/webhook/fb"
+    log = _Log()
+    foreign = Resumable("t" * 64, webhook=theirs).encode()
+    assert await Resumer(store, foreign, log, webhook=mine).take(keepalive) is None
+    assert tried == []  # not even tried: a keepalive would keep it alive for the old URL
+    assert log.warnings == ["session.handover_for_another_webhook"]
+
+    same = Resumable("u" * 64, webhook=mine).encode()
+    assert await Resumer(store, same, _Log(), webhook=mine).take(keepalive) == Resumable("u" * 64)
+    legacy = "v" * 64  # a bare token names no webhook: tried as before
+    assert await Resumer(store, legacy, _Log(), webhook=mine).take(keepalive) == Resumable("v" * 64)
+    assert tried == ["u" * 64, "v" * 64]

@@ -60,10 +60,19 @@ SESSION_TTL = 20.0  # strict sessions: gone 20 s after the last keepalive
 
 
 def ha_config(
-    *, prefix: str, urls: list[str], oscc_url: str, port: int, spool_dir: Path, instance: str
+    *,
+    prefix: str,
+    urls: list[str],
+    oscc_url: str,
+    port: int,
+    public_url: str,
+    spool_dir: Path,
+    instance: str,
 ) -> str:
-    """TOML of one instance: same broker, exchange and connector as the others."""
+    """TOML of one instance: same broker, exchange, connector and public_url (OSCC calls
+    the one webhookURL, as a load balancer's) as the others."""
     return bridge_config(
+        public_url=public_url,
         prefix=prefix,
         oscc_url=oscc_url,
         port=port,
@@ -93,13 +102,14 @@ class Fleet:
         self.bridges: list[BridgeProcess] = []
         self.names = [f"i{n}" for n in range(size)]
         self.kills: dict[int, list[float]] = collections.defaultdict(list)
-        for _n, name in enumerate(self.names):
-            port = free_port()
+        ports = [free_port() for _ in self.names]
+        for port, name in zip(ports, self.names, strict=True):
             text = ha_config(
                 prefix=prefix,
                 urls=urls,
                 oscc_url=sim.url,
                 port=port,
+                public_url=f"http://127.0.0.1:{ports[0]}",  # no load balancer here
                 spool_dir=tmp / name / "spool",
                 instance=name,
             )
