@@ -9,7 +9,6 @@ tests/harness.py, re-exported here) is how they wait.
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -33,16 +32,9 @@ from bridge.config import (
 )
 from bridge.topology import Topology
 from tests.conftest import AMQP_URL
-from tests.harness import wait_until
+from tests.harness import free_port, wait_until
 
 FB_TITLE, FB_TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (bound by the bridge a moment later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_config(
