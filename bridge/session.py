@@ -45,7 +45,7 @@ from bridge.metrics import Metrics
 from bridge.oscc.client import OsccClient
 from bridge.session_events import enable_events
 from bridge.session_status import SessionRecord, iso
-from bridge.session_store import Resumable, Resumer, SessionStore
+from bridge.session_store import Resumable, Resumer
 from bridge.topology import SessionChange
 
 OnChange = Callable[[SessionChange, dict[str, Any]], Awaitable[None]]
@@ -99,16 +99,7 @@ class SessionSupervisor(Service):
         self._rng = rng if rng is not None else random.Random()
         self._log = get_logger("bridge.session", connector=connector.name)
         self._webhook_url = webhook_url(config, connector)
-        store = SessionStore(
-            config.spool.dir, connector.name, config.oscc.url, connector.title, self._webhook_url
-        )
-        self._resumer = Resumer(
-            store,
-            resume,
-            self._log,
-            webhook=self._webhook_url,
-            credentials=connector.publish_credentials,
-        )
+        self._resumer = Resumer.for_connector(config, connector, resume, self._log)
         self._token: str | None = None
         self._credentials: dict[str, Any] | None = None  # what came with it (to announce)
         self._ready = asyncio.Event()  # set while _token is a live session token

@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from bridge import errors
+from bridge.config import Config, ConnectorConfig, webhook_url
 
 
 class Resumable(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -111,6 +112,17 @@ class Resumer:
     be gone). `credentials`: the connector publishes user credentials, so only a session
     saved with them will do. `log`: the session's logger.
     """
+
+    @classmethod
+    def for_connector(
+        cls, config: Config, connector: ConnectorConfig, handed: str | None, log: Any
+    ) -> Resumer:
+        """The resumer of `connector`, with its store in ``spool.dir``."""
+        url = webhook_url(config, connector)
+        store = SessionStore(
+            config.spool.dir, connector.name, config.oscc.url, connector.title, url
+        )
+        return cls(store, handed, log, webhook=url, credentials=connector.publish_credentials)
 
     def __init__(
         self,
