@@ -114,6 +114,18 @@ def new_contact(
     }
 
 
+def established_event(contact_id: str, **fields: Any) -> dict[str, Any]:
+    """An EstablishedEvent as OSCC posts it to a webhook (the guide's example)."""
+    return {
+        "type": "OpenMediaEvent",
+        "openMediaEventType": "EstablishedEvent",
+        "dateTime": "2018-02-20 15:08:41.043",
+        "contactID": contact_id,
+        "agentID": "100",
+        **fields,
+    }
+
+
 async def publish_json(
     channel: AbstractChannel,
     exchange: str,

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from bridge import cli
 from bridge.oscc import codec, models
@@ -31,6 +31,7 @@ from tests.bridge_harness import (
     Watch,
     config_toml,
     delete_topology,
+    established_event,
     make_config,
     new_contact,
     running_bridge,
@@ -288,22 +289,28 @@ async def test_send_contact_over_a_limit_is_refused_locally(
         await delete_topology(AMQP_URL, topology, ["fb"])
 
 
+async def _start_tail(
+    prefix: str, amqp: AbstractRobustConnection, tmp_path: Path, *args: str
+) -> tuple[AbstractChannel, asyncio.subprocess.Process]:
+    """The topology declared, and `oscc-bridge tail --config F *args` started with its
+    output piped; a confirming channel to publish what it should print."""
+    config = make_config(prefix, "http://127.0.0.1:9", tmp_path / "spool")
+    path = _write(tmp_path, config_toml(config))
+    channel = await amqp.channel(publisher_confirms=True)
+    await Topology(prefix).declare(channel, ["fb"])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "tail", "--config", str(path), *args,
+        cwd=ROOT, env=ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    return channel, proc
+
+
 async def test_tail_prints_published_events(
     prefix: str, amqp: AbstractRobustConnection, tmp_path: Path
 ) -> None:
     """tail prints one readable line per message, and stops on SIGINT with exit 0."""
-    config = make_config(prefix, "http://127.0.0.1:9", tmp_path / "spool")
-    path = _write(tmp_path, config_toml(config))
     topology = Topology(prefix)
-    channel = await amqp.channel(publisher_confirms=True)
-    await topology.declare(channel, ["fb"])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "tail", "--config", str(path), "fb.event.*",
-        cwd=ROOT,
-        env=ENV,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    channel, proc = await _start_tail(prefix, amqp, tmp_path, "fb.event.*")
     assert proc.stdout is not None
     lines: list[str] = []
 
@@ -324,13 +331,7 @@ async def test_tail_prints_published_events(
     try:
         await read_until("listening on")
         contact_id = f"O{uuid.uuid4().hex[:12].upper()}"
-        event = {
-            "type": "OpenMediaEvent",
-            "openMediaEventType": "EstablishedEvent",
-            "dateTime": "2018-02-20 15:08:40.994",
-            "contactID": contact_id,
-            "agentID": "100",
-        }
+        event = established_event(contact_id)
         exchange = await channel.get_exchange(prefix, ensure=False)
         for key, body in (
             ("fb.contact.accepted", {"errorCode": 0}),  # not matched by the pattern
@@ -501,15 +502,8 @@ async def test_send_contact_says_what_it_waits_for(
 async def test_tail_json_has_routing_key_and_headers(
     prefix: str, amqp: AbstractRobustConnection, tmp_path: Path
 ) -> None:
-    config = make_config(prefix, "http://127.0.0.1:9", tmp_path / "spool")
-    path = _write(tmp_path, config_toml(config))
     topology = Topology(prefix)
-    channel = await amqp.channel(publisher_confirms=True)
-    await topology.declare(channel, ["fb"])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", "tail", "--json", "--config", str(path), "fb.contact.*",
-        cwd=ROOT, env=ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    channel, proc = await _start_tail(prefix, amqp, tmp_path, "--json", "fb.contact.*")
     assert proc.stdout is not None
     try:
         first = await asyncio.wait_for(proc.stdout.readline(), 15)

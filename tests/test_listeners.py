@@ -18,7 +18,13 @@ from bridge.app import Bridge
 from bridge.config import Config, HaConfig
 from bridge.errors import ConfigError
 from bridge.topology import Topology
-from tests.bridge_harness import Watch, delete_topology, make_config, wait_until
+from tests.bridge_harness import (
+    Watch,
+    delete_topology,
+    established_event,
+    make_config,
+    wait_until,
+)
 from tests.conftest import AMQP_URL
 from tests.harness import free_port, sample
 
@@ -82,7 +88,7 @@ async def test_instances_on_one_host_share_the_webhook_port_with_reuse_port(
                 # a connection each: SO_REUSEPORT spreads connections, not requests
                 async with (
                     aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
-                    s.post(url, data=json.dumps(_event(n))) as answer,
+                    s.post(url, data=json.dumps(established_event(f"c{n}"))) as answer,
                 ):
                     assert answer.status == 200, await answer.text()
             await wait_until(lambda: len(watch.seen) == calls, what="every call published")
@@ -100,13 +106,3 @@ def _answered(bridge: Bridge) -> float:
         sample(bridge.metrics, "webhook_requests_total", connector="fb", kind="event", outcome=o)
         for o in ("published", "spooled")
     )
-
-
-def _event(n: int) -> dict[str, str]:
-    return {
-        "type": "OpenMediaEvent",
-        "openMediaEventType": "EstablishedEvent",
-        "dateTime": "2018-02-20 15:08:41.043",
-        "contactID": f"c{n}",
-        "agentID": "100",
-    }

@@ -45,6 +45,7 @@ from tests.bridge_harness import (
     Watch,
     config_toml,
     delete_topology,
+    established_event,
     free_port,
     make_config,
     running_bridge,
@@ -232,14 +233,7 @@ async def tls_bridge(
             yield Served(bridge, watch, bridge.ports["webhook"])
 
 
-def event(contact: str) -> dict[str, Any]:
-    return {
-        "type": "OpenMediaEvent",
-        "openMediaEventType": "EstablishedEvent",
-        "dateTime": "2018-02-20 15:08:41.043",
-        "contactID": contact,
-        "agentID": "100",
-    }
+event = established_event
 
 
 async def post(url: str, body: dict[str, Any], ctx: ssl.SSLContext | None) -> tuple[int, Any]:

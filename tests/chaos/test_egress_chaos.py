@@ -41,6 +41,7 @@ from bridge.publisher import Publisher
 from bridge.session import SessionSupervisor
 from bridge.simulator import Simulator
 from bridge.topology import Topology
+from tests.bridge_harness import FB_TITLE, FB_TOKEN
 from tests.harness import (
     BridgeProcess,
     RabbitNode,
@@ -53,7 +54,7 @@ from tests.harness import (
 pytestmark = pytest.mark.chaos
 
 C = "fb"
-TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
+TITLE, TOKEN = FB_TITLE, FB_TOKEN
 
 
 class Run:

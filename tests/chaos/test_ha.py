@@ -36,7 +36,7 @@ import pytest
 
 from bridge.simulator import Simulator
 from bridge.topology import Topology
-from tests.bridge_harness import new_contact
+from tests.bridge_harness import FB_TITLE, FB_TOKEN, established_event, new_contact
 from tests.harness import (
     BridgeProcess,
     PrivateBrokers,
@@ -50,7 +50,7 @@ from tests.harness import (
 pytestmark = pytest.mark.chaos
 
 C = "fb"
-TITLE, TOKEN = "facebook", "HWJVUAZT1BGx3vBmnwUVUMAMZHKGWX"
+TITLE, TOKEN = FB_TITLE, FB_TOKEN
 FENCE_AFTER = 3.0
 PREFETCH = 16  # the in-flight window per instance: contacts sent, not yet acked
 SESSION_TTL = 20.0  # strict sessions: gone 20 s after the last keepalive
@@ -343,13 +343,7 @@ async def test_three_instances_one_owner_one_session_webhooks_published_once(
                 sent = 60
                 async with aiohttp.ClientSession() as http:
                     for n in range(sent + 1):  # the last one is the sentinel
-                        body = {
-                            "type": "OpenMediaEvent",
-                            "openMediaEventType": "EstablishedEvent",
-                            "dateTime": "2018-02-20 15:08:41.043",
-                            "contactID": f"contact-{n}",
-                            "agentID": "100",
-                        }
+                        body = established_event(f"contact-{n}")
                         bridge = fleet.bridges[n % 3]
                         async with http.post(f"{bridge.url}/webhook/{C}", json=body) as r:
                             assert r.status == 200, await r.text()
@@ -476,13 +470,7 @@ async def test_start_without_the_broker_and_a_broker_stop_while_running(
     async def post(bridge: BridgeProcess, first: int, count: int) -> None:
         async with aiohttp.ClientSession() as http:
             for n in range(first, first + count):
-                body = {
-                    "type": "OpenMediaEvent",
-                    "openMediaEventType": "EstablishedEvent",
-                    "dateTime": "2018-02-20 15:08:41.043",
-                    "contactID": f"contact-{n}",
-                    "agentID": "100",
-                }
+                body = established_event(f"contact-{n}")
                 async with http.post(f"{bridge.url}/webhook/{C}", json=body) as r:
                     assert r.status == 200, await r.text()
                     assert (await r.json())["errorCode"] == 0
